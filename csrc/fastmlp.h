@@ -1,0 +1,139 @@
+/* fastmlp.h: the contract of every kernel.
+ *
+ * All kernels work on float32, row-major arrays. A kernel's first comment line gives the shapes;
+ * parameters are marked IN / OUT / INOUT. Forward and backward kernels stand next to each other.
+ *
+ * Rules that hold for every kernel (numbered so tests and reviews can point at them):
+ *  1. Sizes are ptrdiff_t and may be 0: a zero-sized problem writes nothing (GEMM with K = 0
+ *     still applies beta and the epilogue).
+ *  2. Leading dimensions are in elements and at least the row length.
+ *  3. nthreads >= 1 is the most threads a kernel may use; it may use fewer for small problems
+ *     (a tiny product does not wake every thread).
+ *  4. Determinism: every output element is computed by one thread with an operation order that
+ *     depends only on the problem's shapes and the ISA in use, never on the thread count nor on
+ *     which rows share the batch. Reductions (bias gradient, loss) run in a fixed order.
+ *  5. Re-entrancy: no kernel keeps static mutable state; scratch memory is either passed in
+ *     (work) or allocated per call. Kernels may run concurrently from several threads.
+ *  6. NaN propagates through every forward activation (relu(NaN) = NaN). Backward masks are
+ *     multiplications (dy * [y > 0]), so a NaN or inf in dy survives even where the mask is 0.
+ *  7. Kernels never print and never abort: a kernel that can meet bad data (labels out of range)
+ *     returns a status (FM_OK or FM_EINVAL); callers validate shapes before calling.
+ */
+#ifndef FASTMLP_H
+#define FASTMLP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FM_OK 0
+#define FM_EINVAL (-1)
+#define FM_ENOMEM (-2)
+
+/* Activations. GELU is the tanh approximation (GPT-2 form), evaluated as x * sigmoid(2u) with
+ * u = sqrt(2/pi) * (x + 0.044715 x^3): the same function, without the cancellation of 1 + tanh(u)
+ * for very negative x. */
+enum {
+    FM_ACT_IDENTITY = 0,
+    FM_ACT_RELU = 1,
+    FM_ACT_LEAKY_RELU = 2,
+    FM_ACT_TANH = 3,
+    FM_ACT_LOGISTIC = 4,
+    FM_ACT_GELU = 5,
+    FM_ACT_COUNT = 6
+};
+
+/* Instruction-set paths compiled into the binary. */
+enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_COUNT = 3 };
+
+/* What the GEMM does to each element of C after the product, once, in registers, on the last
+ * pass over K. Forward: c = act(c + bias[j]). Backward: c = c * act'(.) where act' is computed
+ * from y (activation output) or, for GELU, z (pre-activation), exactly as fm_act_backward does.
+ * act and grad_act are never both set (the bindings reject it). */
+typedef struct {
+    const float *bias;     /* IN [N] or NULL */
+    int act;               /* forward activation, FM_ACT_IDENTITY = none */
+    int grad_act;          /* backward activation, FM_ACT_IDENTITY = none */
+    float slope;           /* leaky_relu's negative slope */
+    const float *y;        /* IN [M, N] (ldy) activation output, for grad_act other than gelu */
+    ptrdiff_t ldy;
+    const float *z;        /* IN [M, N] (ldz) pre-activation, for grad_act = gelu */
+    ptrdiff_t ldz;
+} fm_epilogue;
+
+/* ---- GEMM ---------------------------------------------------------------------------------- */
+
+/* C[M,N] = epilogue(alpha * op(A)[M,K] @ op(B)[K,N] + beta * C), op(X) = X or X^T.
+ * A: IN, stored [M,K] (lda) or, with trans_a, [K,M]. B: IN, stored [K,N] (ldb) or, with trans_b,
+ * [N,K]. C: INOUT [M,N] (ldc); with beta == 0 C is not read (NaN in it does not propagate).
+ * ep: IN or NULL. work: scratch of fm_sgemm_work_size(nthreads) floats, or NULL to allocate per
+ * call. Summation order (rule 4): K is cut into blocks of the ISA's KC; each block's products
+ * are accumulated in k order with FMAs from zero, and C = alpha*s0 + beta*C, C += alpha*s_b for
+ * the later blocks, then the epilogue. Returns FM_OK or FM_ENOMEM. */
+int fm_sgemm(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
+             const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
+             float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads);
+size_t fm_sgemm_work_size(int nthreads);
+
+/* ---- Activations --------------------------------------------------------------------------- */
+
+/* Z[M,N], bias[N] -> Y[M,N] = act(Z + bias). Z: IN, bias: IN or NULL, Y: OUT (may alias Z). */
+void fm_bias_act_forward(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
+                         float slope, float *Y, int nthreads);
+/* dY[M,N], Y[M,N], Z[M,N] -> dZ[M,N] = dY * act'(Z), from Y (relu, leaky_relu, tanh, logistic)
+ * or Z (gelu); the unused one may be NULL. dY, Y, Z: IN; dZ: OUT (may alias dY). */
+void fm_act_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y, const float *Z,
+                     int act, float slope, float *dZ, int nthreads);
+
+/* dZ[M,N] -> db[N] = sum over rows of dZ, each column summed in row order. dZ: IN, db: OUT. */
+void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads);
+
+/* ---- Losses: loss and gradient in one pass; the mean is over the batch (M rows) ------------- */
+/* Each returns FM_OK, writes *loss (0 when M == 0), and writes the gradient dZ (may alias the
+ * input). w: IN [M] per-sample weights or NULL (all ones). */
+
+/* Z[M,N] logits, labels[M] in [0,N) -> loss = (1/M) sum_i w_i (logsumexp(Z_i) - Z_i[y_i]),
+ * dZ = w_i (softmax(Z_i) - onehot(y_i)) / M. Returns FM_EINVAL (nothing written) if a label is
+ * out of range. */
+int fm_softmax_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
+                    const float *w, float *dZ, double *loss, int nthreads);
+/* Z[M,N] logits, T[M,N] targets in [0,1] -> loss = (1/M) sum_i w_i sum_j
+ * (max(z,0) - z t + log1p(exp(-|z|))), dZ = w_i (sigmoid(z) - t) / M. */
+int fm_sigmoid_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+                    float *dZ, double *loss, int nthreads);
+/* P[M,N] predictions, T[M,N] targets -> loss = (1/(M N)) sum_i w_i sum_j (p - t)^2 / 2,
+ * dP = w_i (p - t) / (M N): half the mean squared error, as scikit-learn's squared loss. */
+int fm_mse(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w, float *dP,
+           double *loss, int nthreads);
+
+/* ---- Optimizer updates: one pass over parameter, gradient and state ------------------------ */
+/* p[n]: INOUT, g[n]: IN, state: INOUT. Every update first forms g' = g + l2 * p.
+ * Hyperparameters come in double so that coefficients such as 1 - b2 are rounded once, from the
+ * value the user gave, to float32 (0.999f is not 0.999, and 1 - 0.999f is 1e-3 only to 1e-5). */
+
+/* momentum == 0: p -= lr g'. Otherwise (scikit-learn's form) vel = momentum vel - lr g';
+ * p += vel, or with nesterov p += momentum vel - lr g'. vel may be NULL when momentum == 0. */
+void fm_sgd(ptrdiff_t n, float *p, const float *g, double lr, double l2, double momentum,
+            int nesterov, float *vel, int nthreads);
+/* sq = rho sq + (1 - rho) g'^2; p -= lr g' / (sqrt(sq) + eps). */
+void fm_rmsprop(ptrdiff_t n, float *p, const float *g, float *sq, double lr, double rho,
+                double eps, double l2, int nthreads);
+/* m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2; lr_t = lr sqrt(1-b2^t) / (1-b1^t);
+ * p = p (1 - lr wd) - lr_t m / (sqrt(v) + eps). wd > 0 is AdamW (decoupled weight decay).
+ * step t >= 1. */
+void fm_adam(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr,
+             double b1, double b2, double eps, double l2, double wd, int nthreads);
+
+/* ---- Run-time dispatch ----------------------------------------------------------------------- */
+
+int fm_cpu_supports(int isa);          /* 1 if this CPU (and OS) can run the ISA path */
+int fm_set_isa(int isa);               /* FM_OK, or FM_EINVAL if unsupported: nothing changes */
+int fm_get_isa(void);
+const char *fm_isa_name(int isa);
+/* Block sizes of an ISA's GEMM (MR, NR fixed at compile time; KC, MC, NC tunable). */
+void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc);
+int fm_set_blocks(int isa, int kc, int mc, int nc);   /* FM_EINVAL if out of range */
+/* Peak FMA throughput of the active ISA on nthreads threads, measured by a timed loop of
+ * independent FMAs: GFLOP/s (2 flops per FMA lane). */
+double fm_measure_peak_gflops(double seconds, int nthreads);
+
+#endif

@@ -1,0 +1,236 @@
+/* gemm_impl.h: packed, blocked SGEMM with fused epilogues (Goto/BLIS loop structure).
+ * Compiled once per ISA by isa_*.c (after simd.h); everything here is static to that unit.
+ *
+ * Loops, outermost first, for one thread's share of C:
+ *   jc over N by NC -> pc over K by KC -> [pack B block KC x NC into NR-wide panels, L2]
+ *     -> ic over M by MC -> pack A block MC x KC into MR-tall micro-panels
+ *       -> ir over MR (A micro-panel stays in L1) -> jr over NR (B panel streamed from L2)
+ *         -> micro-kernel: MR x NR tile of C in registers, kc broadcast + FMA steps.
+ *
+ * Contract of the micro-kernel (what the loops guarantee and what it promises):
+ *  1. A is always packed: kc steps of MR consecutive floats, rows past M zero-padded, so the
+ *     kernel runs full MR tiles and never reads outside the operand.
+ *  2. B is either packed (kc steps of NR floats, zero-padded past N) or read in place from a
+ *     row-major op(B) (row stride ldb); in place, the last panel's loads are masked to nb columns.
+ *     Only a transposed B must be packed: that is the small-problem path's saving.
+ *  3. Accumulators start at zero for every K block and add products in k order with one FMA
+ *     each; C is combined as alpha*s + beta*C on the first block and C + alpha*s on later ones.
+ *     Nothing here depends on M, on the tile's position or on the thread count (fastmlp.h rule 4).
+ *  4. Only the valid mr x nr corner of the tile is read or written in C (masked vector stores).
+ *  5. The epilogue runs once, on the last K block, on the values about to be stored.
+ *
+ * Transposes live only in the packing routines (and in where the in-place B pointer points).
+ */
+#include <stdlib.h>
+#include <omp.h>
+
+#define NV (FM_NR / VLEN)
+
+typedef struct {
+    int ta, tb;
+    ptrdiff_t M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    ptrdiff_t lda, ldb, ldc;
+    float *C;
+    const fm_epilogue *ep;
+    int kc, mc, nc;
+    int pack_b;
+} gemm_args;
+
+static inline ptrdiff_t min_pd(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+
+/* op(A)[i0 : i0+mc, k0 : k0+kc] -> MR-row micro-panels (contract 1). */
+static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0, ptrdiff_t kc,
+                   float *restrict dst)
+{
+    for (ptrdiff_t ip = 0; ip < mc; ip += FM_MR, dst += kc * FM_MR) {
+        int mr = (int)min_pd(FM_MR, mc - ip);
+        if (g->ta) { /* op(A) = A^T: the MR values of one k are contiguous in A */
+            const float *src = g->A + k0 * g->lda + (i0 + ip);
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                int i = 0;
+                for (; i < mr; i++) dst[k * FM_MR + i] = src[k * g->lda + i];
+                for (; i < FM_MR; i++) dst[k * FM_MR + i] = 0.0f;
+            }
+        } else { /* MR row streams, each contiguous in k */
+            const float *src = g->A + (i0 + ip) * g->lda + k0;
+            int i = 0;
+            for (; i < mr; i++)
+                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_MR + i] = src[i * g->lda + k];
+            for (; i < FM_MR; i++)
+                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_MR + i] = 0.0f;
+        }
+    }
+}
+
+/* op(B)[k0 : k0+kc, j0 : j0+nc] -> NR-column panels (contract 2). */
+static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0, ptrdiff_t nc,
+                   float *restrict dst)
+{
+    for (ptrdiff_t jp = 0; jp < nc; jp += FM_NR, dst += kc * FM_NR) {
+        int nr = (int)min_pd(FM_NR, nc - jp);
+        if (g->tb) { /* op(B) = B^T: each column of the panel is a contiguous row of B */
+            const float *src = g->B + (j0 + jp) * g->ldb + k0;
+            int j = 0;
+            for (; j < nr; j++)
+                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_NR + j] = src[j * g->ldb + k];
+            for (; j < FM_NR; j++)
+                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_NR + j] = 0.0f;
+        } else {
+            const float *src = g->B + k0 * g->ldb + (j0 + jp);
+            for (ptrdiff_t k = 0; k < kc; k++)
+                for (int v = 0; v < NV; v++)
+                    vstore(dst + k * FM_NR + v * VLEN, vload_n(src + k * g->ldb + v * VLEN, nr - v * VLEN));
+        }
+    }
+}
+
+/* The MR x NR product over kc steps (contract 3), written to tile[MR][NR]. The accumulators are
+ * locals that never escape, so they live in registers; `full` is a compile-time constant after
+ * inlining: whole B vectors in the common case, masked ones for an in-place edge panel. */
+static inline __attribute__((always_inline)) void
+ukernel_product(ptrdiff_t kc, const float *restrict a, const float *restrict b, ptrdiff_t b_rs,
+                int nb, int full, float *restrict tile)
+{
+    vf acc[FM_MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < FM_MR; i++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) acc[i][v] = vsplat(0.0f);
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        vf bv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++)
+            bv[v] = full ? vload(b + v * VLEN) : vload_n(b + v * VLEN, nb - v * VLEN);
+#pragma GCC unroll 16
+        for (int i = 0; i < FM_MR; i++) {
+            vf ai = vsplat(a[i]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
+        }
+        a += FM_MR;
+        b += b_rs;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < FM_MR; i++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) vstore(tile + i * FM_NR + v * VLEN, acc[i][v]);
+}
+
+/* Combine the tile with C, apply the epilogue on the last K block, store (contracts 3-5).
+ * (row, col) is the tile's position in C, for the bias and the y / z operands. */
+static inline void tile_store(const gemm_args *g, const float *tile, ptrdiff_t row, ptrdiff_t col,
+                              int mr, int nr, int first, int last)
+{
+    const fm_epilogue *ep = last ? g->ep : NULL;
+    for (int i = 0; i < mr; i++) {
+        float *c = g->C + (row + i) * g->ldc + col;
+        for (int v = 0; v < NV; v++) {
+            int n = nr - v * VLEN;
+            if (n <= 0) break;
+            vf x = g->alpha * vload(tile + i * FM_NR + v * VLEN);
+            if (!first)
+                x = x + vload_n(c + v * VLEN, n);
+            else if (g->beta != 0.0f)
+                x = x + g->beta * vload_n(c + v * VLEN, n);
+            if (ep) {
+                ptrdiff_t j = col + v * VLEN;
+                if (ep->bias) x = x + vload_n(ep->bias + j, n);
+                if (ep->act) x = act_forward(x, ep->act, ep->slope);
+                if (ep->grad_act) {
+                    vf y = ep->y ? vload_n(ep->y + (row + i) * ep->ldy + j, n) : vsplat(0.0f);
+                    vf z = ep->z ? vload_n(ep->z + (row + i) * ep->ldz + j, n) : vsplat(0.0f);
+                    x = act_backward(x, y, z, ep->grad_act, ep->slope);
+                }
+            }
+            if (n >= VLEN)
+                vstore(c + v * VLEN, x);
+            else
+                vstore_n(c + v * VLEN, x, n);
+        }
+    }
+}
+
+/* One thread's share: rows [m0, m1) and columns [n0, n1) of C. */
+static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,
+                       float *apack, float *bpack)
+{
+    ptrdiff_t K = g->K;
+    float tile[FM_MR * FM_NR] __attribute__((aligned(64)));
+    for (ptrdiff_t jc = n0; jc < n1; jc += g->nc) {
+        ptrdiff_t nc = min_pd(g->nc, n1 - jc);
+        /* K == 0 still runs one (empty) block: beta and the epilogue apply (fastmlp.h rule 1) */
+        for (ptrdiff_t pc = 0; pc < K || pc == 0; pc += g->kc) {
+            ptrdiff_t kc = min_pd(g->kc, K - pc);
+            int first = pc == 0, last = pc + kc >= K;
+            if (g->pack_b) pack_b(g, pc, kc, jc, nc, bpack);
+            for (ptrdiff_t ic = m0; ic < m1; ic += g->mc) {
+                ptrdiff_t mc = min_pd(g->mc, m1 - ic);
+                pack_a(g, ic, mc, pc, kc, apack);
+                for (ptrdiff_t ir = 0; ir < mc; ir += FM_MR) {
+                    const float *a = apack + ir * kc;
+                    int mr = (int)min_pd(FM_MR, mc - ir);
+                    for (ptrdiff_t jr = 0; jr < nc; jr += FM_NR) {
+                        int nr = (int)min_pd(FM_NR, nc - jr);
+                        if (g->pack_b)
+                            ukernel_product(kc, a, bpack + jr * kc, FM_NR, FM_NR, 1, tile);
+                        else if (nr == FM_NR)
+                            ukernel_product(kc, a, g->B + pc * g->ldb + jc + jr, g->ldb, FM_NR, 1, tile);
+                        else
+                            ukernel_product(kc, a, g->B + pc * g->ldb + jc + jr, g->ldb, nr, 0, tile);
+                        tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N,
+                 ptrdiff_t K, float alpha, const float *A, ptrdiff_t lda, const float *B,
+                 ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc, const fm_epilogue *ep,
+                 float *work, int nthreads)
+{
+    if (M <= 0 || N <= 0) return FM_OK;
+    gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
+                   self->kc, self->mc, self->nc, trans_b};
+    if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;
+
+    /* Threads split whichever of N or M has more micro-panels; each thread owns whole tiles of
+     * C (rule 4) and packs into its own buffers, so there is no barrier and no shared scratch.
+     * A thread is worth waking only for a few MFLOP of work (~10 us at 1/4 of the peak). */
+    ptrdiff_t pan_n = (N + FM_NR - 1) / FM_NR, pan_m = (M + FM_MR - 1) / FM_MR;
+    int split_n = pan_n >= pan_m || pan_n >= 2 * nthreads;
+    double flops = 2.0 * (double)M * (double)N * (double)(K > 0 ? K : 1);
+    ptrdiff_t nt = nthreads;
+    if ((double)nt > flops / 4e6) nt = (ptrdiff_t)(flops / 4e6);
+    if (nt > (split_n ? pan_n : pan_m)) nt = split_n ? pan_n : pan_m;
+    if (nt < 1) nt = 1;
+
+    size_t per_thread = fm_gemm_thread_floats(self);
+    float *own = NULL;
+    if (!work) {
+        own = malloc(per_thread * (size_t)nt * sizeof(float));
+        if (!own) return FM_ENOMEM;
+        work = own;
+    }
+    size_t a_floats = (size_t)((self->mc + FM_MR - 1) / FM_MR) * FM_MR * self->kc;
+
+#pragma omp parallel num_threads((int)nt) if (nt > 1)
+    {
+        ptrdiff_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
+        float *apack = align64(work + (size_t)t * per_thread);
+        float *bpack = align64(apack + a_floats);
+        ptrdiff_t pan = split_n ? pan_n : pan_m, step = split_n ? FM_NR : FM_MR;
+        ptrdiff_t lo = pan * t / n_t * step, hi = pan * (t + 1) / n_t * step;
+        if (split_n)
+            gemm_range(&g, 0, M, lo, min_pd(hi, N), apack, bpack);
+        else
+            gemm_range(&g, lo, min_pd(hi, M), 0, N, apack, bpack);
+    }
+    free(own);
+    return FM_OK;
+}

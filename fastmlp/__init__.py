@@ -1,0 +1,62 @@
+"""fastmlp: fast multilayer perceptrons on multicore CPUs.
+
+Kernels (float32, compiled C with OpenMP, SIMD paths chosen at import):
+    matmul, bias_activation, activation_backward, bias_grad,
+    softmax_cross_entropy, sigmoid_cross_entropy, mse_loss,
+    sgd_update, rmsprop_update, adam_update
+Their pure-NumPy twins live in fastmlp.reference; fastmlp.testing holds the comparison helper.
+Threads: set_num_threads / get_num_threads. Machine and build: info().
+"""
+from . import _threads
+from ._kernels import (
+    ACTIVATIONS,
+    activation_backward,
+    adam_update,
+    bias_activation,
+    bias_grad,
+    get_num_threads,
+    matmul,
+    measure_peak_gflops,
+    mse_loss,
+    rmsprop_update,
+    set_num_threads,
+    sgd_update,
+    sigmoid_cross_entropy,
+    softmax_cross_entropy,
+)
+from . import _kernels
+
+__version__ = "0.1.0"
+
+_threads.configure(_kernels)
+
+
+def info():
+    """What fastmlp runs with: version, ISA in use and supported, threads, OpenMP runtime, GEMM
+    block sizes."""
+    from threadpoolctl import threadpool_info
+
+    openmp = [
+        dict(library=os.path.basename(i["filepath"]), version=i.get("version"),
+             internal_api=i.get("internal_api"))
+        for i in threadpool_info()
+        if i.get("user_api") == "openmp"
+    ]
+    return {
+        "version": __version__,
+        "isa": _kernels.get_isa(),
+        "supported_isas": list(_kernels.supported_isas()),
+        "num_threads": get_num_threads(),
+        "physical_cores": _threads.physical_cores(),
+        "openmp": openmp[0] if openmp else None,
+        "gemm_blocks": _kernels.gemm_blocks(),
+    }
+
+
+import os  # noqa: E402  (used by info)
+
+__all__ = [
+    "ACTIVATIONS", "activation_backward", "adam_update", "bias_activation", "bias_grad",
+    "get_num_threads", "info", "matmul", "measure_peak_gflops", "mse_loss", "rmsprop_update",
+    "set_num_threads", "sgd_update", "sigmoid_cross_entropy", "softmax_cross_entropy",
+]

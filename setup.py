@@ -1,0 +1,42 @@
+"""Build the compiled core: one extension module holding every kernel.
+
+Every ISA path (generic, AVX2+FMA, AVX-512) is compiled into the same binary: the ISA-specific
+translation units use target pragmas, so the baseline flags below stay portable. Never add
+-march=native, -ffast-math or -Ofast (see README, "Building").
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+SOURCES = [
+    "fastmlp/_kernels.pyx",
+    "csrc/dispatch.c",
+    "csrc/isa_generic.c",
+    "csrc/isa_avx2.c",
+    "csrc/isa_avx512.c",
+]
+
+# -ffp-contract=off: FMAs appear only where the kernels ask for them, so the order and rounding of
+# every sum is fixed by the source (the determinism contract in csrc/fastmlp.h relies on it).
+CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-std=gnu11"]
+DEBUG = os.environ.get("FASTMLP_DEBUG", "") not in ("", "0")
+
+ext = Extension(
+    "fastmlp._kernels",
+    sources=SOURCES,
+    include_dirs=["csrc"],
+    depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
+    extra_compile_args=CFLAGS + (["-O0", "-g"] if DEBUG else []),
+    extra_link_args=["-fopenmp"],
+)
+
+directives = dict(
+    language_level=3,
+    boundscheck=DEBUG,
+    wraparound=DEBUG,
+    initializedcheck=DEBUG,
+    cdivision=True,
+)
+
+setup(ext_modules=cythonize([ext], compiler_directives=directives))
