@@ -8,11 +8,14 @@
  *         -> micro-kernel: MR x NR tile of C in registers, kc broadcast + FMA steps.
  *
  * Contract of the micro-kernel (what the loops guarantee and what it promises):
- *  1. A is always packed: kc steps of MR consecutive floats, rows past M zero-padded, so the
- *     kernel runs full MR tiles and never reads outside the operand.
+ *  1. A is read as MR rows: packed (kc steps of MR consecutive floats, rows past M zero-padded)
+ *     when the block is reused across several B panels, else in place with its own strides.
+ *     An in-place A never has a partial MR block: that one edge panel is packed, so the kernel
+ *     always runs full MR rows and never reads outside the operand.
  *  2. B is either packed (kc steps of NR floats, zero-padded past N) or read in place from a
  *     row-major op(B) (row stride ldb); in place, the last panel's loads are masked to nb columns.
- *     Only a transposed B must be packed: that is the small-problem path's saving.
+ *     Only a transposed B must be packed. With few B panels (an MLP's narrow layers) nothing
+ *     else is packed: that is the small-problem path.
  *  3. Accumulators start at zero for every K block and add products in k order with one FMA
  *     each; C is combined as alpha*s + beta*C on the first block and C + alpha*s on later ones.
  *     Nothing here depends on M, on the tile's position or on the thread count (fastmlp.h rule 4).
@@ -37,6 +40,10 @@ typedef struct {
     int kc, mc, nc;
     int pack_b;
 } gemm_args;
+
+/* op(A)[i, k] in place: a + i * rs + k * cs. */
+static inline ptrdiff_t a_rs(const gemm_args *g) { return g->ta ? 1 : g->lda; }
+static inline ptrdiff_t a_cs(const gemm_args *g) { return g->ta ? g->lda : 1; }
 
 static inline ptrdiff_t min_pd(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 
@@ -86,36 +93,61 @@ static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0,
     }
 }
 
-/* The MR x NR product over kc steps (contract 3), written to tile[MR][NR]. The accumulators are
- * locals that never escape, so they live in registers; `full` is a compile-time constant after
- * inlining: whole B vectors in the common case, masked ones for an in-place edge panel. */
+/* The MR x (nv VLEN) product over kc steps (contract 3), written to tile[MR][NR]. A is read at
+ * a + i*ars + k*acs, B at b + k*b_rs. The accumulators are locals that never escape, so they live
+ * in registers. full, nv and (for packed A) ars, acs are compile-time constants after inlining:
+ * whole or masked B vectors, all of NR or one vector wide (narrow N, e.g. a 10-class output). */
 static inline __attribute__((always_inline)) void
-ukernel_product(ptrdiff_t kc, const float *restrict a, const float *restrict b, ptrdiff_t b_rs,
-                int nb, int full, float *restrict tile)
+ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
+                const float *restrict b, ptrdiff_t b_rs, int nb, int full, int nv,
+                float *restrict tile)
 {
     vf acc[FM_MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < FM_MR; i++)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) acc[i][v] = vsplat(0.0f);
+        for (int v = 0; v < nv; v++) acc[i][v] = vsplat(0.0f);
     for (ptrdiff_t k = 0; k < kc; k++) {
         vf bv[NV];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nv; v++)
             bv[v] = full ? vload(b + v * VLEN) : vload_n(b + v * VLEN, nb - v * VLEN);
 #pragma GCC unroll 16
         for (int i = 0; i < FM_MR; i++) {
-            vf ai = vsplat(a[i]);
+            vf ai = vsplat(a[i * ars]);
 #pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
+            for (int v = 0; v < nv; v++) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
         }
-        a += FM_MR;
+        a += acs;
         b += b_rs;
     }
 #pragma GCC unroll 16
     for (int i = 0; i < FM_MR; i++)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) vstore(tile + i * FM_NR + v * VLEN, acc[i][v]);
+        for (int v = 0; v < nv; v++) vstore(tile + i * FM_NR + v * VLEN, acc[i][v]);
+}
+
+/* Instantiate the micro-kernel variants: A packed or in place, B vectors whole or masked, NR or
+ * one vector wide. */
+static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, ptrdiff_t acs,
+                     const float *b, ptrdiff_t b_rs, int nb, float *tile)
+{
+    int full = nb >= FM_NR, narrow = nb <= VLEN;
+    if (a_packed) {
+        if (full)
+            ukernel_product(kc, a, 1, FM_MR, b, b_rs, FM_NR, 1, NV, tile);
+        else if (narrow)
+            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, 1, tile);
+        else
+            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile);
+    } else {
+        if (full)
+            ukernel_product(kc, a, ars, acs, b, b_rs, FM_NR, 1, NV, tile);
+        else if (narrow)
+            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, 1, tile);
+        else
+            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, NV, tile);
+    }
 }
 
 /* Combine the tile with C, apply the epilogue on the last K block, store (contracts 3-5).
@@ -158,6 +190,8 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
 {
     ptrdiff_t K = g->K;
     float tile[FM_MR * FM_NR] __attribute__((aligned(64)));
+    /* Packing A pays when its micro-panels are reused across several B panels. */
+    int pack_all_a = n1 - n0 > 2 * FM_NR;
     for (ptrdiff_t jc = n0; jc < n1; jc += g->nc) {
         ptrdiff_t nc = min_pd(g->nc, n1 - jc);
         /* K == 0 still runs one (empty) block: beta and the epilogue apply (fastmlp.h rule 1) */
@@ -167,18 +201,27 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bpack);
             for (ptrdiff_t ic = m0; ic < m1; ic += g->mc) {
                 ptrdiff_t mc = min_pd(g->mc, m1 - ic);
-                pack_a(g, ic, mc, pc, kc, apack);
+                if (pack_all_a) pack_a(g, ic, mc, pc, kc, apack);
                 for (ptrdiff_t ir = 0; ir < mc; ir += FM_MR) {
-                    const float *a = apack + ir * kc;
                     int mr = (int)min_pd(FM_MR, mc - ir);
+                    const float *a;
+                    int a_packed = pack_all_a || mr < FM_MR;
+                    if (pack_all_a) {
+                        a = apack + ir * kc;
+                    } else if (mr < FM_MR) { /* the edge panel (contract 1) */
+                        pack_a(g, ic + ir, mr, pc, kc, apack);
+                        a = apack;
+                    } else {
+                        a = g->A + (ic + ir) * a_rs(g) + pc * a_cs(g);
+                    }
                     for (ptrdiff_t jr = 0; jr < nc; jr += FM_NR) {
                         int nr = (int)min_pd(FM_NR, nc - jr);
                         if (g->pack_b)
-                            ukernel_product(kc, a, bpack + jr * kc, FM_NR, FM_NR, 1, tile);
-                        else if (nr == FM_NR)
-                            ukernel_product(kc, a, g->B + pc * g->ldb + jc + jr, g->ldb, FM_NR, 1, tile);
+                            run_tile(kc, a, a_packed, a_rs(g), a_cs(g), bpack + jr * kc, FM_NR,
+                                     nr <= VLEN ? nr : FM_NR, tile);
                         else
-                            ukernel_product(kc, a, g->B + pc * g->ldb + jc + jr, g->ldb, nr, 0, tile);
+                            run_tile(kc, a, a_packed, a_rs(g), a_cs(g),
+                                     g->B + pc * g->ldb + jc + jr, g->ldb, nr, tile);
                         tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
                     }
                 }

@@ -32,7 +32,7 @@ import io
 import math
 import operator
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 import warnings
@@ -63,10 +63,14 @@ DEFAULT_MNIST_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 # with TensorFlow Datasets' tensorflow_datasets/url_checksums/mnist.txt, which also gives the sizes
 # 9,912,422 (train images), 28,881 (train labels), 1,648,877 and 4,542 bytes.
 _MNIST_SHA256 = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "train-images-idx3-ubyte.gz":
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz":
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz":
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz":
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 
 _MNIST_STEMS = {
@@ -96,7 +100,7 @@ _NPZ_KEY_PAIRS = (("X", "y"), ("x", "y"), ("x_train", "y_train"), ("X_train", "y
 
 
 class DatasetError(ValueError):
-    """A data file is malformed, truncated, missing from a dataset folder, or fails its checksum."""
+    """A data file is malformed, truncated, missing or fails its checksum, or a download failed."""
 
 
 # --------------------------------------------------------------------------------------- IDX
@@ -177,7 +181,8 @@ def _parse_idx_stream(stream, name):
     payload = _read_at_most(stream, expected)
     if len(payload) < expected:
         raise DatasetError(f"{name}: payload truncated: shape {_shape_text(dims)} of "
-                           f"{native.name} needs {_count_text(expected)} bytes, got {len(payload)}")
+                           f"{native.name} needs {_count_text(expected)} bytes, "
+                           f"got {len(payload)}")
     extra = _count_remaining(stream)
     if extra:
         raise DatasetError(f"{name}: {extra} unexpected trailing bytes after the {expected}-byte "
@@ -187,7 +192,9 @@ def _parse_idx_stream(stream, name):
 
 def _shape_text(dims):
     # A hostile header can declare 255 dimensions; keep the message readable.
-    return str(dims) if len(dims) <= 8 else f"({', '.join(map(str, dims[:4]))}, ... {len(dims)} dims)"
+    if len(dims) <= 8:
+        return str(dims)
+    return f"({', '.join(map(str, dims[:4]))}, ... {len(dims)} dims)"
 
 
 def _count_text(n):
@@ -361,8 +368,10 @@ def _cached_mnist(subset, download, mirror, cache_dir, checksums):
 
 
 def _download(url, destination, expected_sha256):
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part",
-                               dir=destination.parent)
+    tmp = destination.with_name(f".{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    # Not tempfile.mkstemp: its files are mode 0600, whereas this honours the umask, so a cache
+    # folder shared through FASTMLP_DATA stays readable by the group.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
@@ -372,6 +381,8 @@ def _download(url, destination, expected_sha256):
                         digest.update(chunk)
                         out.write(chunk)
             except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # it holds the connection open until collected otherwise
                 raise DatasetError(f"downloading {url} failed: {exc}") from exc
         got = digest.hexdigest()
         if got != expected_sha256.lower():
@@ -402,25 +413,29 @@ def load_npz(path):
         lists the keys it has), or ``X`` and ``y`` differ in length.
     """
     name = os.fsdecode(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{name}: not a readable .npz archive: {exc}") from exc
-    if isinstance(loaded, np.ndarray):
-        raise DatasetError(f"{name}: holds a single .npy array, not a .npz archive with X and y")
-    with loaded:
-        keys = set(loaded.files)
-        pair = next(((xk, yk) for xk, yk in _NPZ_KEY_PAIRS if xk in keys and yk in keys), None)
-        if pair is None:
-            wanted = ", ".join(f"{xk}/{yk}" for xk, yk in _NPZ_KEY_PAIRS)
-            raise DatasetError(f"{name}: no feature/label arrays found; expected one of the key "
-                               f"pairs {wanted}; available keys: {sorted(keys)}")
+    # np.load gets an open file rather than the path: on a damaged zip archive it would leave
+    # its own file handle open.
+    with open(path, "rb") as f:
         try:
-            X, y = loaded[pair[0]], loaded[pair[1]]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DatasetError(f"{name}: cannot read arrays {pair[0]!r}/{pair[1]!r}: {exc}") from exc
+            loaded = np.load(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"{name}: not a readable .npz archive: {exc}") from exc
+        if isinstance(loaded, np.ndarray):
+            raise DatasetError(f"{name}: holds a single .npy array, not a .npz archive with X "
+                               "and y")
+        with loaded:
+            keys = set(loaded.files)
+            pair = next(((xk, yk) for xk, yk in _NPZ_KEY_PAIRS if xk in keys and yk in keys),
+                        None)
+            if pair is None:
+                wanted = ", ".join(f"{xk}/{yk}" for xk, yk in _NPZ_KEY_PAIRS)
+                raise DatasetError(f"{name}: no feature/label arrays found; expected one of the "
+                                   f"key pairs {wanted}; available keys: {sorted(keys)}")
+            try:
+                X, y = loaded[pair[0]], loaded[pair[1]]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DatasetError(f"{name}: cannot read arrays {pair[0]!r}/{pair[1]!r}: "
+                                   f"{exc}") from exc
     if X.ndim == 0 or y.ndim == 0:
         raise DatasetError(f"{name}: {pair[0]!r} and {pair[1]!r} must be arrays with a sample "
                            "axis, not scalars")
@@ -528,7 +543,8 @@ def _diagnose_csv(path, name, header_lines):
             for column, cell in enumerate(row, start=1):
                 value = _parse_float(cell)
                 if value is None or not math.isfinite(value):
-                    problem = "empty cell" if not cell.strip() else f"{cell!r} is not a finite number"
+                    problem = ("empty cell" if not cell.strip()
+                               else f"{cell!r} is not a finite number")
                     return DatasetError(f"{name}, line {reader.line_num}, column {column}: "
                                         f"{problem}")
     return None
@@ -558,7 +574,8 @@ def prepare_images(images):
     flat = images.reshape(images.shape[0], math.prod(images.shape[1:]))
     if np.issubdtype(images.dtype, np.integer):
         if images.dtype != np.uint8 and flat.size and (flat.min() < 0 or flat.max() > 255):
-            raise ValueError(f"integer pixels must lie in 0..255, found {flat.min()}..{flat.max()}")
+            raise ValueError(f"integer pixels must lie in 0..255, found "
+                             f"{flat.min()}..{flat.max()}")
         return np.divide(flat, np.float32(255), dtype=np.float32)
     if np.issubdtype(images.dtype, np.floating):
         out = np.array(flat, dtype=np.float32, order="C")
