@@ -136,4 +136,32 @@ int fm_set_blocks(int isa, int kc, int mc, int nc);   /* FM_EINVAL if out of ran
  * independent FMAs: GFLOP/s (2 flops per FMA lane). */
 double fm_measure_peak_gflops(double seconds, int nthreads);
 
+
+/* ---- Profiling ----------------------------------------------------------------------------------
+ * While on, every public kernel entry above adds its wall time, and FLOPs and bytes by formula,
+ * to a table keyed by (kernel, shape, flags); calls from any thread count. Off (the default), an
+ * entry costs one atomic load and a branch. The formulas: GEMM 2MNK flops, and reads of A, B, C
+ * (if beta != 0), bias and y/z plus the write of C; elementwise kernels one flop per element per
+ * arithmetic step of their definition (documented in fastmlp/profiler.py) and every array read or
+ * written once. */
+enum {
+    FM_K_SGEMM = 0, FM_K_BIAS_ACT = 1, FM_K_ACT_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
+    FM_K_SOFTMAX_XENT = 4, FM_K_SIGMOID_XENT = 5, FM_K_MSE = 6, FM_K_SGD = 7, FM_K_RMSPROP = 8,
+    FM_K_ADAM = 9, FM_K_COUNT = 10
+};
+typedef struct {
+    int kernel;
+    int flags;          /* GEMM: trans_a | trans_b << 1 | bias << 2 | act << 3 | grad_act << 6;
+                           otherwise the activation (or nesterov/momentum for sgd) */
+    ptrdiff_t m, n, k;  /* the shape (n = element count for optimizers) */
+    long calls;
+    double seconds, flops, bytes;
+} fm_prof_entry;
+
+int fm_profile_start(void);                          /* FM_EINVAL if already on */
+/* Turns profiling off and copies out at most capacity entries (shapes past the table's 512 are
+ * folded into one entry per kernel with m = n = k = -1); returns how many were written. */
+int fm_profile_stop(fm_prof_entry *out, int capacity);
+const char *fm_kernel_name(int kernel);
+
 #endif

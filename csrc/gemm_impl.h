@@ -93,14 +93,16 @@ static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0,
     }
 }
 
-/* The MR x (nv VLEN) product over kc steps (contract 3), written to tile[MR][NR]. A is read at
- * a + i*ars + k*acs, B at b + k*b_rs. The accumulators are locals that never escape, so they live
- * in registers. full, nv and (for packed A) ars, acs are compile-time constants after inlining:
- * whole or masked B vectors, all of NR or one vector wide (narrow N, e.g. a 10-class output). */
+/* The MR x (nv VLEN) product over kc steps (contract 3). A is read at a + i*ars + k*acs, B at
+ * b + k*b_rs. The accumulators are locals that never escape, so they live in registers. full, nv
+ * and (for packed A) ars, acs are compile-time constants after inlining: whole or masked B
+ * vectors, all of NR or one vector wide (narrow N, e.g. a 10-class output).
+ * Without an epilogue to apply (c != NULL), the tile is combined with C and stored straight from
+ * the registers (contracts 3, 4); otherwise it goes to tile[MR][NR] for tile_store. */
 static inline __attribute__((always_inline)) void
 ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
                 const float *restrict b, ptrdiff_t b_rs, int nb, int full, int nv,
-                float *restrict tile)
+                float *restrict tile, const gemm_args *g, float *c, int mr, int nr, int first)
 {
     vf acc[FM_MR][NV];
 #pragma GCC unroll 16
@@ -121,32 +123,56 @@ ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t 
         a += acs;
         b += b_rs;
     }
+    if (!c) {
 #pragma GCC unroll 16
-    for (int i = 0; i < FM_MR; i++)
+        for (int i = 0; i < FM_MR; i++)
 #pragma GCC unroll 8
-        for (int v = 0; v < nv; v++) vstore(tile + i * FM_NR + v * VLEN, acc[i][v]);
+            for (int v = 0; v < nv; v++) vstore(tile + i * FM_NR + v * VLEN, acc[i][v]);
+        return;
+    }
+    vf alpha = vsplat(g->alpha), beta = vsplat(g->beta);
+    int use_beta = g->beta != 0.0f;
+#pragma GCC unroll 16
+    for (int i = 0; i < FM_MR; i++) {
+        if (i >= mr) break;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++) {
+            float *cp = c + i * g->ldc + v * VLEN;
+            int n = nr - v * VLEN;
+            vf x = alpha * acc[i][v];
+            if (!first)
+                x = x + vload_n(cp, n);
+            else if (use_beta)
+                x = x + beta * vload_n(cp, n);
+            if (n >= VLEN)
+                vstore(cp, x);
+            else
+                vstore_n(cp, x, n);
+        }
+    }
 }
 
 /* Instantiate the micro-kernel variants: A packed or in place, B vectors whole or masked, NR or
- * one vector wide. */
+ * one vector wide. c, mr, nr, first: see ukernel_product. */
 static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, ptrdiff_t acs,
-                     const float *b, ptrdiff_t b_rs, int nb, float *tile)
+                     const float *b, ptrdiff_t b_rs, int nb, float *tile, const gemm_args *g,
+                     float *c, int mr, int nr, int first)
 {
     int full = nb >= FM_NR, narrow = nb <= VLEN;
     if (a_packed) {
         if (full)
-            ukernel_product(kc, a, 1, FM_MR, b, b_rs, FM_NR, 1, NV, tile);
+            ukernel_product(kc, a, 1, FM_MR, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
         else if (narrow)
-            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, 1, tile);
+            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
         else
-            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile);
+            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
     } else {
         if (full)
-            ukernel_product(kc, a, ars, acs, b, b_rs, FM_NR, 1, NV, tile);
+            ukernel_product(kc, a, ars, acs, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
         else if (narrow)
-            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, 1, tile);
+            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
         else
-            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, NV, tile);
+            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
     }
 }
 
@@ -216,13 +242,17 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                     }
                     for (ptrdiff_t jr = 0; jr < nc; jr += FM_NR) {
                         int nr = (int)min_pd(FM_NR, nc - jr);
+                        /* the epilogue needs the tile in memory; a plain store does not */
+                        int direct = !(last && g->ep);
+                        float *c = direct ? g->C + (ic + ir) * g->ldc + jc + jr : NULL;
                         if (g->pack_b)
                             run_tile(kc, a, a_packed, a_rs(g), a_cs(g), bpack + jr * kc, FM_NR,
-                                     nr <= VLEN ? nr : FM_NR, tile);
+                                     nr <= VLEN ? nr : FM_NR, tile, g, c, mr, nr, first);
                         else
                             run_tile(kc, a, a_packed, a_rs(g), a_cs(g),
-                                     g->B + pc * g->ldb + jc + jr, g->ldb, nr, tile);
-                        tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
+                                     g->B + pc * g->ldb + jc + jr, g->ldb, nr, tile, g, c, mr, nr,
+                                     first);
+                        if (!direct) tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
                     }
                 }
             }
@@ -238,29 +268,39 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
                  float *work, int nthreads)
 {
     if (M <= 0 || N <= 0) return FM_OK;
+    /* B must be packed when transposed; otherwise packing pays when its rows are a page or more
+     * apart (each k step of an in-place panel would touch a new page: TLB misses) and there are
+     * enough rows of A to amortise the copy. */
+    int pack_b = trans_b || (ldb >= 1024 && M >= 4 * FM_MR);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
-                   self->kc, self->mc, self->nc, trans_b};
+                   self->kc, self->mc, self->nc, pack_b};
     if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;
 
     /* Threads split whichever of N or M has more micro-panels; each thread owns whole tiles of
      * C (rule 4) and packs into its own buffers, so there is no barrier and no shared scratch.
-     * A thread is worth waking only for a few MFLOP of work (~10 us at 1/4 of the peak). */
+     * A thread is worth waking only for a quarter MFLOP or more: libgomp's threads spin between
+     * calls, so waking one costs about a microsecond. */
     ptrdiff_t pan_n = (N + FM_NR - 1) / FM_NR, pan_m = (M + FM_MR - 1) / FM_MR;
     int split_n = pan_n >= pan_m || pan_n >= 2 * nthreads;
     double flops = 2.0 * (double)M * (double)N * (double)(K > 0 ? K : 1);
     ptrdiff_t nt = nthreads;
-    if ((double)nt > flops / 4e6) nt = (ptrdiff_t)(flops / 4e6);
+    if ((double)nt > flops / 2.5e5) nt = (ptrdiff_t)(flops / 2.5e5);
     if (nt > (split_n ? pan_n : pan_m)) nt = split_n ? pan_n : pan_m;
     if (nt < 1) nt = 1;
 
-    size_t per_thread = fm_gemm_thread_floats(self);
+    /* Scratch sized for this problem, not for the largest blocks: a small product then gets a
+     * small heap block instead of a fresh mmap (glibc maps requests above its threshold anew on
+     * every call, which costs more than an MLP-sized product itself). */
+    size_t kc = (size_t)min_pd(self->kc, K > 0 ? K : 1);
+    size_t a_floats = (size_t)((min_pd(self->mc, M) + FM_MR - 1) / FM_MR) * FM_MR * kc + 16;
+    size_t b_floats = pack_b ? kc * (size_t)((min_pd(self->nc, N) + FM_NR - 1) / FM_NR) * FM_NR + 16 : 0;
+    size_t per_thread = a_floats + b_floats;
     float *own = NULL;
     if (!work) {
         own = malloc(per_thread * (size_t)nt * sizeof(float));
         if (!own) return FM_ENOMEM;
         work = own;
     }
-    size_t a_floats = (size_t)((self->mc + FM_MR - 1) / FM_MR) * FM_MR * self->kc;
 
 #pragma omp parallel num_threads((int)nt) if (nt > 1)
     {

@@ -25,6 +25,7 @@ from ._kernels import (
     softmax_cross_entropy,
 )
 from . import _kernels
+from .profiler import profile
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,6 @@ import os  # noqa: E402  (used by info)
 
 __all__ = [
     "ACTIVATIONS", "activation_backward", "adam_update", "bias_activation", "bias_grad",
-    "get_num_threads", "info", "matmul", "measure_peak_gflops", "mse_loss", "rmsprop_update",
+    "get_num_threads", "info", "matmul", "profile", "measure_peak_gflops", "mse_loss", "rmsprop_update",
     "set_num_threads", "sgd_update", "sigmoid_cross_entropy", "softmax_cross_entropy",
 ]

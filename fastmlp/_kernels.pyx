@@ -541,3 +541,7 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
     if n:
         with nogil:
             fm_adam(n, &p_v[0], &g_v[0], &m_v[0], &v_v[0], t, lr_, b1, b2, eps_, l2_, wd, nt)
+
+
+include "_profile.pxi"
+include "_train.pxi"

@@ -1,0 +1,106 @@
+"""Per-kernel profiler: where the time goes, and how close each kernel runs to the machine.
+
+    with fastmlp.profile() as prof:
+        clf.fit(X, y)
+    print(prof.table())
+
+Every kernel call inside the block is recorded, whether it comes from a direct call, the model
+API or a native training step, from any thread: the C entry points (csrc/dispatch.c) time each
+call and add FLOPs and bytes by formula. Off, an entry point costs one atomic load and a branch.
+
+Formulas (per call; M x N the output, K the inner dimension, n an optimizer's element count):
+    matmul                 2 M N K flops; bytes of A, B, C (read too when beta != 0), bias, y/z
+    bias_activation        M N per arithmetic step (bias add, activation); reads Z, writes Y
+    activation_backward    M N; reads dY and y or z, writes dZ
+    bias_grad              M N; reads dZ, writes db
+    softmax_cross_entropy  4 M N; sigmoid_cross_entropy 8 M N; mse_loss 4 M N
+    sgd_update             4 n (6 n with momentum); rmsprop_update 10 n; adam_update 14 n
+% of peak compares GFLOP/s with the FMA peak measured on this machine (fastmlp.measure_peak_gflops)
+for the ISA and thread count in use.
+"""
+from . import _kernels
+
+_ACTS = _kernels.ACTIVATIONS
+_peaks = {}
+
+
+def _peak(threads):
+    key = (_kernels.get_isa(), threads)
+    if key not in _peaks:
+        _peaks[key] = _kernels.measure_peak_gflops(0.2, threads)
+    return _peaks[key]
+
+
+def _describe(r):
+    """A short human name for one row: the kernel and what its flags mean."""
+    kernel, f = r["kernel"], r["flags"]
+    if r["m"] < 0:
+        return f"{kernel} (other shapes)"
+    if kernel == "matmul":
+        text = f"matmul {'NT'[f & 1]}{'NT'[f >> 1 & 1]} {r['m']}x{r['n']}x{r['k']}"
+        if f >> 2 & 1:
+            text += " +bias"
+        if f >> 3 & 7:
+            text += f" +{_ACTS[f >> 3 & 7]}"
+        if f >> 6 & 7:
+            text += f" *{_ACTS[f >> 6 & 7]}'"
+        return text
+    if kernel in ("bias_activation", "activation_backward"):
+        return f"{kernel} {_ACTS[f]} {r['m']}x{r['n']}"
+    if kernel in ("sgd_update", "rmsprop_update", "adam_update"):
+        return f"{kernel} n={r['n']}"
+    return f"{kernel} {r['m']}x{r['n']}"
+
+
+class profile:
+    """Context manager recording every fastmlp kernel call inside it. Profiles do not nest.
+
+    After the block: `records` (one dict per kernel and shape: calls, seconds, flops, bytes,
+    gflops, gbps, percent_of_peak), `table()` and `to_dict()`.
+    """
+
+    def __init__(self, peak_gflops=None):
+        self.peak_gflops = peak_gflops
+        self.records = []
+        self.threads = None
+
+    def __enter__(self):
+        self.threads = _kernels.get_num_threads()
+        if self.peak_gflops is None:
+            self.peak_gflops = _peak(self.threads)
+        _kernels._profile_start()
+        return self
+
+    def __exit__(self, *exc):
+        rows = _kernels._profile_stop()
+        for r in rows:
+            r["name"] = _describe(r)
+            s = r["seconds"]
+            r["mean_seconds"] = s / r["calls"]
+            r["gflops"] = r["flops"] / s * 1e-9 if s > 0 else 0.0
+            r["gbps"] = r["bytes"] / s * 1e-9 if s > 0 else 0.0
+            r["percent_of_peak"] = 100.0 * r["gflops"] / self.peak_gflops if self.peak_gflops else 0.0
+        self.records = sorted(rows, key=lambda r: -r["seconds"])
+        return False
+
+    @property
+    def total_seconds(self):
+        return sum(r["seconds"] for r in self.records)
+
+    def to_dict(self):
+        """Records plus the context they were measured in."""
+        return dict(isa=_kernels.get_isa(), threads=self.threads, peak_gflops=self.peak_gflops,
+                    total_seconds=self.total_seconds, records=list(self.records))
+
+    def table(self):
+        """A text table, slowest first."""
+        total = self.total_seconds or 1.0
+        lines = [f"{'kernel':44s} {'calls':>7s} {'total ms':>9s} {'mean us':>9s} {'GFLOP/s':>8s} "
+                 f"{'GB/s':>7s} {'%peak':>6s} {'%time':>6s}"]
+        for r in self.records:
+            lines.append(f"{r['name'][:44]:44s} {r['calls']:7d} {r['seconds'] * 1e3:9.2f} "
+                         f"{r['mean_seconds'] * 1e6:9.1f} {r['gflops']:8.1f} {r['gbps']:7.1f} "
+                         f"{r['percent_of_peak']:5.1f}% {100 * r['seconds'] / total:5.1f}%")
+        lines.append(f"total {self.total_seconds * 1e3:.2f} ms in kernels; peak "
+                     f"{self.peak_gflops:.1f} GFLOP/s ({_kernels.get_isa()}, {self.threads} threads)")
+        return "\n".join(lines)
