@@ -292,9 +292,9 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
      * small heap block instead of a fresh mmap (glibc maps requests above its threshold anew on
      * every call, which costs more than an MLP-sized product itself). */
     size_t kc = (size_t)min_pd(self->kc, K > 0 ? K : 1);
-    size_t a_floats = (size_t)((min_pd(self->mc, M) + FM_MR - 1) / FM_MR) * FM_MR * kc + 16;
-    size_t b_floats = pack_b ? kc * (size_t)((min_pd(self->nc, N) + FM_NR - 1) / FM_NR) * FM_NR + 16 : 0;
-    size_t per_thread = a_floats + b_floats;
+    size_t a_floats = (size_t)((min_pd(self->mc, M) + FM_MR - 1) / FM_MR) * FM_MR * kc;
+    size_t b_floats = pack_b ? kc * (size_t)((min_pd(self->nc, N) + FM_NR - 1) / FM_NR) * FM_NR : 0;
+    size_t per_thread = a_floats + b_floats + 32; /* each align64 below moves up to 15 floats */
     float *own = NULL;
     if (!work) {
         own = malloc(per_thread * (size_t)nt * sizeof(float));

@@ -216,8 +216,12 @@ static inline vf act_backward(vf dy, vf y, vf z, int act, float slope)
         return dy * (y * (1.0f - y));
     case 5: {
         vsigmoid_pair(2.0f * GELU_C * (z + GELU_K * (z * z * z)), &s, &sm);
-        vf du = 2.0f * GELU_C * (1.0f + (3.0f * GELU_K) * (z * z));
-        return dy * (s + z * (s * sm) * du);
+        /* z * s(1-s) * du is 0 once |z| > ~10 (s(1-s) underflows), but z^2 in du overflows to
+         * inf for |z| > 1.8e19 and 0 * inf would make gelu'(z) NaN there instead of 1 or 0: the
+         * z of that term is clamped to +-1e6 (no effect on any smaller z; NaN passes through). */
+        vf zc = vselect(z > 1e6f, vsplat(1e6f), vselect(z < -1e6f, vsplat(-1e6f), z));
+        vf du = 2.0f * GELU_C * (1.0f + (3.0f * GELU_K) * (zc * zc));
+        return dy * (s + zc * (s * sm) * du);
     }
     default:
         return dy;
