@@ -77,13 +77,18 @@ static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0,
 {
     for (ptrdiff_t jp = 0; jp < nc; jp += FM_NR, dst += kc * FM_NR) {
         int nr = (int)min_pd(FM_NR, nc - jp);
-        if (g->tb) { /* op(B) = B^T: each column of the panel is a contiguous row of B */
+        if (g->tb) {
+            /* op(B) = B^T: each column of the panel is a contiguous row of B. Transposed in
+             * blocks of VLEN k-steps so the rows being written (VLEN x NR floats) stay in L1;
+             * column by column over the whole panel (kc x NR, larger than L1) thrashed it. */
             const float *src = g->B + (j0 + jp) * g->ldb + k0;
-            int j = 0;
-            for (; j < nr; j++)
-                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_NR + j] = src[j * g->ldb + k];
-            for (; j < FM_NR; j++)
-                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_NR + j] = 0.0f;
+            for (ptrdiff_t k = 0; k < kc; k += VLEN) {
+                int kn = (int)min_pd(VLEN, kc - k);
+                for (int j = 0; j < FM_NR; j++) {
+                    vf x = j < nr ? vload_n(src + j * g->ldb + k, kn) : vsplat(0.0f);
+                    for (int t = 0; t < kn; t++) dst[(k + t) * FM_NR + j] = x[t];
+                }
+            }
         } else {
             const float *src = g->B + k0 * g->ldb + (j0 + jp);
             for (ptrdiff_t k = 0; k < kc; k++)
