@@ -6,7 +6,14 @@ Kernels (float32, compiled C with OpenMP, SIMD paths chosen at import):
     sgd_update, rmsprop_update, adam_update
 Their pure-NumPy twins live in fastmlp.reference; fastmlp.testing holds the comparison helper.
 Threads: set_num_threads / get_num_threads. Machine and build: info().
+
+Models (imported on first use, so `import fastmlp` stays fast and needs no scikit-learn):
+    MLPClassifier, MLPRegressor (scikit-learn API; need scikit-learn), MLP (model API),
+    optim (optimizers and schedules), load (read a saved model), TrainStep (one native
+    training step).
 """
+import os
+
 from . import _threads
 from ._kernels import (
     ACTIVATIONS,
@@ -54,10 +61,21 @@ def info():
     }
 
 
-import os  # noqa: E402  (used by info)
+_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators", "MLP": "model",
+         "load": "io", "optim": None, "TrainStep": "_kernels"}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
+    import importlib
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    return module if _LAZY[name] is None else getattr(module, name)
+
 
 __all__ = [
-    "ACTIVATIONS", "activation_backward", "adam_update", "bias_activation", "bias_grad",
+    "ACTIVATIONS", "MLP", "MLPClassifier", "MLPRegressor", "TrainStep", "load", "optim",
+    "activation_backward", "adam_update", "bias_activation", "bias_grad",
     "get_num_threads", "info", "matmul", "profile", "measure_peak_gflops", "mse_loss", "rmsprop_update",
     "set_num_threads", "sgd_update", "sigmoid_cross_entropy", "softmax_cross_entropy",
 ]

@@ -1,0 +1,544 @@
+"""scikit-learn compatible MLPClassifier and MLPRegressor trained by fastmlp's kernels.
+
+Parameters and attributes mean what they mean in scikit-learn's ``sklearn.neural_network``
+estimators (same names, defaults and formulas; solver "lbfgs" is not offered), plus:
+``dropout``, ``weight_decay`` (AdamW), ``rho`` (RMSProp), ``class_weight``, ``n_threads``,
+``callback``, schedules for every solver (``learning_rate``), and an explicit validation set
+(``fit(..., X_val=, y_val=)``).
+
+Computation is float32: X (any float or int dtype) and regression targets are converted to
+float32 C-contiguous arrays before training and prediction; predictions are float32.
+Weights are initialised as scikit-learn does (uniform Glorot variant, ``init="sklearn"`` of
+``fastmlp.model.init_params``), so a drop-in replacement starts from the same distribution; given
+the same initial weights the loss curve matches scikit-learn's to float32 rounding.
+
+scikit-learn is required by this module (``pip install "fastmlp[sklearn]"``); the kernels and
+the model API work without it.
+"""
+import math
+import time
+import warnings
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state
+    from sklearn.utils.class_weight import compute_sample_weight
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target, \
+        unique_labels
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+except ImportError as e:  # pragma: no cover - exercised only without scikit-learn
+    raise ImportError("fastmlp.MLPClassifier and MLPRegressor need scikit-learn >= 1.6: "
+                      "pip install 'fastmlp[sklearn]' (or pip install scikit-learn)") from e
+
+from . import _kernels, optim
+from .model import init_params
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+SOLVERS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop"}
+SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
+HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu", "gelu")
+
+
+class _NumThreads:
+    """Run a block with fastmlp's thread count set to n (None: leave it), then restore it."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        if self.n is not None:
+            self.old = _kernels._swap_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n is not None:
+            _kernels.set_num_threads(self.old)
+
+
+class _BaseMLP(BaseEstimator):
+    _loss = None   # "softmax" / "sigmoid" / "mse", chosen per fit by the subclass
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
+                 weight_decay=0.0, rho=0.9, n_threads=None, callback=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.weight_decay = weight_decay
+        self.rho = rho
+        self.n_threads = n_threads
+        self.callback = callback
+
+    # ---- validation ------------------------------------------------------------------------
+
+    def _check_params(self):
+        def bad(name, expected):
+            raise ValueError(f"The '{name}' parameter of {type(self).__name__} must be "
+                             f"{expected}. Got {getattr(self, name)!r} instead.")
+
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
+            bad("hidden_layer_sizes", "a positive int or a sequence of positive ints")
+        acts = [self.activation] * len(sizes) if isinstance(self.activation, str) \
+            else list(self.activation)
+        if len(acts) != len(sizes) or not all(a in HIDDEN_ACTIVATIONS for a in acts):
+            bad("activation", f"one of {HIDDEN_ACTIVATIONS} or a list of them, one per hidden "
+                "layer")
+        if self.solver not in SOLVERS:
+            bad("solver", f"one of {tuple(SOLVERS)}")
+        if not (self.learning_rate in SCHEDULES or callable(self.learning_rate)):
+            bad("learning_rate", f"one of {SCHEDULES} or a schedule (callable t -> lr)")
+        if not (self.batch_size == "auto" or (isinstance(self.batch_size, (int, np.integer))
+                                              and self.batch_size >= 1)):
+            bad("batch_size", "'auto' or a positive int")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            bad("max_iter", "a positive int")
+        for name, lo, hi in [("alpha", 0, math.inf), ("power_t", 0, math.inf),
+                             ("tol", 0, math.inf), ("momentum", 0, 1), ("beta_1", 0, 1 - 1e-12),
+                             ("beta_2", 0, 1 - 1e-12), ("rho", 0, 1 - 1e-12),
+                             ("validation_fraction", 0, 1 - 1e-12),
+                             ("weight_decay", 0, math.inf)]:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.number)) and lo <= v <= hi):
+                bad(name, f"a number in [{lo}, {hi:.6g}]")
+        for name in ("learning_rate_init", "epsilon"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.number)) and v > 0):
+                bad(name, "a number > 0")
+        if not (self.n_iter_no_change == np.inf or (isinstance(self.n_iter_no_change,
+                                                               (int, np.integer))
+                                                    and self.n_iter_no_change >= 1)):
+            bad("n_iter_no_change", "a positive int or numpy.inf")
+        drop = [self.dropout] * len(sizes) if np.isscalar(self.dropout) else list(self.dropout)
+        if len(drop) != len(sizes) or not all(0 <= p < 1 for p in drop):
+            bad("dropout", "a rate in [0, 1) or one per hidden layer")
+        if not (self.n_threads is None or (isinstance(self.n_threads, (int, np.integer))
+                                           and self.n_threads >= 1)):
+            bad("n_threads", "None or a positive int")
+        if self.callback is not None and not callable(self.callback):
+            bad("callback", "None or a callable")
+        return [int(s) for s in sizes], acts, [float(p) for p in drop]
+
+    def _validate_X(self, X, reset):
+        return validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+
+    # ---- training --------------------------------------------------------------------------
+
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None):
+        """Train on X (n_samples, n_features) and y; returns self.
+
+        sample_weight: (n_samples,) or None. X_val, y_val: an explicit validation set, scored
+        after every epoch (validation_scores_); with early_stopping=True it replaces the split
+        of validation_fraction of the training data.
+        """
+        return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val)
+
+    def _fit(self, X, y, sample_weight, incremental, X_val=None, y_val=None):
+        sizes, acts, drop = self._check_params()
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
+        sample_weight = self._class_weights(y, sample_weight)
+        targets = self._encode(y)          # int32 labels (softmax) or float32 (n, n_outputs)
+        n_outputs = self._n_outputs(targets)
+        layer_units = [X.shape[1]] + sizes + [n_outputs]
+        if not first_pass and [c.shape[0] for c in self.coefs_] + [n_outputs] != layer_units:
+            raise ValueError(f"warm_start / partial_fit: the network has layers "
+                             f"{[c.shape[0] for c in self.coefs_] + [self.n_outputs_]} but "
+                             f"the parameters and data give {layer_units}")
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        rng = np.random.default_rng(seed)
+        if first_pass:
+            self._initialize(layer_units, acts, rng)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+
+        X_train, t_train, w_train = X, targets, sample_weight
+        if X_val is not None:
+            X_val = self._validate_X(X_val, reset=False)
+            y_val = np.asarray(y_val)
+        elif self.early_stopping:
+            stratify = y if self._loss == "softmax" or (self._loss == "sigmoid"
+                                                         and y.ndim == 1) else None
+            split = train_test_split(np.arange(len(X)), random_state=seed,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            tr, va = split
+            if len(va) < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            X_train, t_train = X[tr], targets[tr]
+            w_train = None if sample_weight is None else sample_weight[tr]
+            X_val, y_val = X[va], y[va]
+        n = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                              "going to be clipped")
+            batch = int(np.clip(self.batch_size, 1, n))
+        step = self._train_step(acts, drop, batch, seed, incremental)
+        schedule = self._schedule(incremental, n)
+        with _NumThreads(self.n_threads):
+            self._epochs(step, schedule, X_train, t_train, w_train, X_val, y_val, batch, rng,
+                         incremental)
+        return self
+
+    def _initialize(self, layer_units, acts, rng):
+        params = init_params(layer_units, acts + ["identity"], "sklearn", rng)
+        self.coefs_, self.intercepts_ = params[0::2], params[1::2]
+        self.n_iter_, self.t_ = 0, 0
+        self.n_layers_ = len(layer_units)
+        self.n_outputs_ = layer_units[-1]
+        self.out_activation_ = {"softmax": "softmax", "sigmoid": "logistic",
+                                "mse": "identity"}[self._loss]
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        self.validation_scores_ = [] if self.early_stopping else None
+        self.best_validation_score_ = -np.inf if self.early_stopping else None
+        self.best_loss_ = None if self.early_stopping else np.inf
+        for name in ("_step", "_plateau", "_best_coefs", "_best_intercepts"):
+            self.__dict__.pop(name, None)
+
+    def _train_step(self, acts, drop, batch, seed, incremental):
+        """The TrainStep over coefs_ / intercepts_: kept by partial_fit (optimizer state
+        included), rebuilt by fit (scikit-learn resets the optimizer on every fit)."""
+        # The TrainStep updates these arrays in place: they must be writable float32 C arrays.
+        self.coefs_ = [np.require(c, np.float32, "CW") for c in self.coefs_]
+        self.intercepts_ = [np.require(b, np.float32, "CW") for b in self.intercepts_]
+        params = [p for pair in zip(self.coefs_, self.intercepts_) for p in pair]
+        old = getattr(self, "_step", None)
+        if incremental and old is not None and old.max_batch >= batch and all(
+                a is b for a, b in zip(old.params, params)):
+            return old
+        step = _kernels.TrainStep(
+            params, acts, self._loss, batch, optimizer=SOLVERS[self.solver],
+            momentum=self.momentum, nesterov=self.nesterovs_momentum, beta1=self.beta_1,
+            beta2=self.beta_2, rho=self.rho, eps=self.epsilon,
+            weight_decay=self.weight_decay if self.solver == "adamw" else 0.0, alpha=self.alpha,
+            dropout=drop, seed=seed)
+        if incremental and old is not None and len(old.state) == len(step.state):
+            for dst, src in zip(step.state, old.state):
+                dst[...] = src
+            step.t = old.t
+        self._step = step
+        return step
+
+    def _schedule(self, incremental, n):
+        """The learning-rate schedule, called with t_ (samples seen) at each epoch's start."""
+        lr = self.learning_rate
+        if callable(lr):
+            return lr
+        if lr == "invscaling":
+            return optim.InverseScaling(self.learning_rate_init, self.power_t)
+        if lr == "cosine":
+            return optim.CosineWarmup(self.learning_rate_init, total=self.max_iter * n)
+        if lr == "adaptive":
+            # kept across partial_fit calls, as scikit-learn keeps its optimizer's rate
+            if not (incremental and hasattr(self, "_plateau")):
+                self._plateau = optim.ReduceOnPlateau(
+                    self.learning_rate_init, patience=self.n_iter_no_change, tol=self.tol)
+            return self._plateau
+        return optim.Constant(self.learning_rate_init)
+
+    def _epochs(self, step, schedule, X, targets, w, X_val, y_val, batch, rng, incremental):
+        n = X.shape[0]
+        order = np.arange(n)
+        adaptive = isinstance(schedule, optim.ReduceOnPlateau)
+        if X_val is not None and self.validation_scores_ is None:
+            self.validation_scores_ = []
+        self.n_iter_ = 0     # as scikit-learn: epochs of this call (t_ keeps counting)
+        try:
+            for _ in range(1 if incremental else self.max_iter):
+                lr = float(schedule(self.t_))
+                snapshot = [p.copy() for p in step.params]
+                t0, total, k = time.perf_counter(), 0.0, 0
+                if self.shuffle:
+                    rng.shuffle(order)
+                try:
+                    for k, start in enumerate(range(0, n, batch)):
+                        idx = order[start:start + batch]
+                        total += step.run(X, targets, w, lr=lr, index=idx) * len(idx)
+                except FloatingPointError as e:
+                    for p, s in zip(step.params, snapshot):
+                        p[...] = s
+                    raise FloatingPointError(
+                        f"training diverged at epoch {self.n_iter_ + 1}, step {k + 1}: {e}. "
+                        f"The learning rate {lr:g} is probably too high (or the inputs are "
+                        f"badly scaled); the weights of the last completed epoch were kept."
+                    ) from None
+                seconds = time.perf_counter() - t0
+                self.n_iter_ += 1
+                self.t_ += n
+                self.loss_ = total / n
+                self.loss_curve_.append(self.loss_)
+                score = None
+                if X_val is not None:
+                    score = self._score_internal(X_val, y_val)
+                    self.validation_scores_.append(score)
+                if self.verbose:
+                    val = "" if score is None else f", validation score = {score:.6f}"
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}{val}, "
+                          f"{n / seconds:,.0f} samples/s")
+                stop = self._update_no_improvement_count(score)
+                if adaptive:
+                    schedule.report(-score if self.early_stopping else self.loss_)
+                    stop = schedule.exhausted
+                if self.callback is not None and self.callback(dict(
+                        epoch=self.n_iter_, loss=self.loss_, validation_score=score, lr=lr,
+                        samples_per_second=n / seconds, estimator=self)):
+                    break
+                if stop:
+                    if self.verbose:
+                        what = ("Validation score" if self.early_stopping else "Training loss")
+                        print(f"{what} did not improve more than tol={self.tol:f} for "
+                              f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                    break
+                if not incremental and self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter})"
+                                  " reached and the optimization hasn't converged yet.",
+                                  ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user: the model keeps the weights reached "
+                          "so far.")
+        if self.early_stopping:
+            for p, best in zip(self.coefs_ + self.intercepts_,
+                               self._best_coefs + self._best_intercepts):
+                p[...] = best
+
+    def _update_no_improvement_count(self, score):
+        """scikit-learn's stopping rule; returns True when training should stop."""
+        if self.early_stopping:
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_ or not hasattr(self, "_best_coefs"):
+                self.best_validation_score_ = score
+                self._best_coefs = [c.copy() for c in self.coefs_]
+                self._best_intercepts = [b.copy() for b in self.intercepts_]
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
+        if self._no_improvement_count > self.n_iter_no_change:
+            self._no_improvement_count = 0
+            return True
+        return False
+
+    # ---- prediction ------------------------------------------------------------------------
+
+    def _forward(self, X):
+        """X float32 (n, n_features) -> output layer (n, n_outputs) after out_activation_:
+        one fused GEMM + bias + activation per layer."""
+        acts = [self.activation] * (len(self.coefs_) - 1) if isinstance(self.activation, str) \
+            else list(self.activation)
+        a = X
+        with _NumThreads(self.n_threads):
+            for l, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+                last = l == len(self.coefs_) - 1
+                act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
+                    else acts[l]
+                a = _kernels.matmul(a, W, bias=b, activation=act)
+        if self.out_activation_ == "softmax":
+            a -= a.max(axis=1, keepdims=True)
+            np.exp(a, out=a)
+            a /= a.sum(axis=1, keepdims=True)
+        return a
+
+    def save(self, path):
+        """Write the fitted estimator to a .safetensors file (fastmlp.load reads it back)."""
+        from .io import save_model
+        save_model(self, path)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier (scikit-learn's MLPClassifier API, fastmlp kernels).
+
+    Binary and multi-label targets train a logistic output with sigmoid cross-entropy;
+    multi-class targets a softmax output with cross-entropy. class_weight: None, "balanced" or
+    {class: weight}, multiplied into sample_weight. See the module docstring for the rest.
+    """
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
+                 weight_decay=0.0, rho=0.9, n_threads=None, callback=None, class_weight=None):
+        super().__init__(
+            hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+            learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+            max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+            verbose=verbose, warm_start=warm_start, momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, dropout=dropout,
+            weight_decay=weight_decay, rho=rho, n_threads=n_threads, callback=callback)
+        self.class_weight = class_weight
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, order="C",
+                             multi_output=True)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
+                          "change the shape of y to (n_samples,), for example using ravel().",
+                          DataConversionWarning, stacklevel=3)
+            y = y.ravel()
+        check_classification_targets(y)
+        # The same class bookkeeping as scikit-learn (fit / warm_start / partial_fit).
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer().fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(f"warm_start can only be used where `y` has the same "
+                                     f"classes as in the previous call to fit. Previously got "
+                                     f"{self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        self._loss = "softmax" if self._label_binarizer.y_type_ == "multiclass" else "sigmoid"
+        return X, y
+
+    def _class_weights(self, y, sample_weight):
+        if self.class_weight is None:
+            return sample_weight
+        cw = compute_sample_weight(self.class_weight, y).astype(np.float32)
+        return cw if sample_weight is None else cw * sample_weight
+
+    def _encode(self, y):
+        onehot = self._label_binarizer.transform(y)
+        if self._loss == "softmax":
+            return np.ascontiguousarray(onehot.argmax(axis=1), dtype=np.int32)
+        return np.ascontiguousarray(onehot, dtype=np.float32)
+
+    def _n_outputs(self, targets):
+        return len(self.classes_) if self._loss == "softmax" else targets.shape[1]
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y), keeping the weights and the optimizer state between calls.
+        classes: every class, required on the first call (as in scikit-learn)."""
+        if not hasattr(self, "classes_"):
+            if classes is None and not type_of_target(y).startswith("multilabel"):
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y if classes is None else classes)
+            self.classes_ = self._label_binarizer.classes_
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
+                             f"partial_fit, was: {self.classes_!r}")
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def _score_internal(self, X, y):
+        return accuracy_score(y, self._predict(X))
+
+    def _predict(self, X):
+        out = self._forward(X)
+        if self.n_outputs_ == 1:
+            out = out.ravel()
+        return self._label_binarizer.inverse_transform(out)
+
+    def predict(self, X):
+        """Predicted classes (n_samples,), or (n_samples, n_classes) indicators (multi-label)."""
+        check_is_fitted(self)
+        return self._predict(self._validate_X(X, reset=False))
+
+    def predict_proba(self, X):
+        """Class probabilities (n_samples, n_classes), in the order of classes_."""
+        check_is_fitted(self)
+        out = self._forward(self._validate_X(X, reset=False))
+        if self.n_outputs_ == 1:
+            out = out.ravel()
+            return np.vstack([1 - out, out]).T
+        return out
+
+    def predict_log_proba(self, X):
+        """log(predict_proba(X))."""
+        p = self.predict_proba(X)
+        return np.log(p, out=p)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor (scikit-learn's MLPRegressor API, fastmlp kernels):
+    identity output, half squared error. Targets (n_samples,) or (n_samples, n_outputs) are
+    converted to float32. See the module docstring for the parameters."""
+
+    _loss = "mse"
+
+    def _validate_input(self, X, y, incremental, reset):
+        return validate_data(self, X, y, reset=reset, dtype=np.float32, order="C",
+                             multi_output=True, y_numeric=True)
+
+    def _class_weights(self, y, sample_weight):
+        return sample_weight
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _encode(self, y):
+        return np.ascontiguousarray(y.reshape(len(y), -1), dtype=np.float32)
+
+    def _n_outputs(self, targets):
+        return targets.shape[1]
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), keeping the weights and the optimizer state between calls."""
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def _score_internal(self, X, y):
+        pred = self._predict(X)
+        return r2_score(y, pred) if np.isfinite(pred).all() else np.nan
+
+    def _predict(self, X):
+        out = self._forward(X)
+        return out.ravel() if out.shape[1] == 1 else out
+
+    def predict(self, X):
+        """Predictions (n_samples,) or (n_samples, n_outputs), float32."""
+        check_is_fitted(self)
+        return self._predict(self._validate_X(X, reset=False))

@@ -1,0 +1,177 @@
+"""A dense MLP for custom training loops, thin over the fastmlp kernels.
+
+    model = fastmlp.MLP([784, 256, 10], activation="relu")
+    opt = fastmlp.optim.Adam(model, lr=1e-3)
+    out = model.forward(x, training=True)          # (M, 10) logits
+    loss, dout = fastmlp.softmax_cross_entropy(out, labels)
+    model.backward(dout)                           # fills model.grads
+    opt.step()
+
+The same step as one native call (GIL released, no allocation): ``model.train_step(...)``
+returns a fastmlp TrainStep bound to the model's parameters.
+"""
+import numpy as np
+
+from . import _kernels
+from ._kernels import ACTIVATIONS
+
+__all__ = ["MLP", "init_params"]
+
+RELU_FAMILY = ("relu", "leaky_relu", "gelu")
+INITS = ("auto", "he", "glorot", "sklearn")
+
+
+def init_params(layer_sizes, activations, init, rng):
+    """[W0, b0, W1, b1, ...] float32 for layer_sizes (n_0, ..., n_L).
+
+    activations: the activation after each layer (L names; the output layer's included).
+    init: "he" (normal, std sqrt(2 / fan_in), zero bias), "glorot" (uniform, bound
+    sqrt(6 / (fan_in + fan_out)), zero bias), "sklearn" (scikit-learn's: uniform bound
+    sqrt(f / (fan_in + fan_out)), f = 2 for logistic else 6, for weights and biases), or "auto":
+    He before the ReLU family, Glorot otherwise (so Glorot for an identity output layer: He's
+    larger logits slow the start of training).
+    rng: numpy Generator.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    params = []
+    for i, (fan_in, fan_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+        act = activations[i]
+        kind = init if init != "auto" else ("he" if act in RELU_FAMILY else "glorot")
+        if kind == "he":
+            W = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+            b = np.zeros(fan_out)
+        elif kind == "glorot":
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            W = rng.uniform(-bound, bound, (fan_in, fan_out))
+            b = np.zeros(fan_out)
+        else:
+            # scikit-learn picks the factor from its one hidden activation, output layer included
+            hidden = activations[-2] if len(activations) > 1 else act
+            bound = np.sqrt((2.0 if hidden == "logistic" else 6.0) / (fan_in + fan_out))
+            W = rng.uniform(-bound, bound, (fan_in, fan_out))
+            b = rng.uniform(-bound, bound, fan_out)
+        params += [W.astype(np.float32), b.astype(np.float32)]
+    return params
+
+
+def _check_activation(name, what):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{what} must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+
+
+class MLP:
+    """Dense layers n_0 -> n_1 -> ... -> n_L.
+
+    layer_sizes: [n_0, ..., n_L] (inputs, hidden sizes, outputs), at least two.
+    activation: one name (every hidden layer) or a list, one per hidden layer (ACTIVATIONS).
+    output_activation: applied to the last layer (default identity: logits for the losses).
+    init: "auto" (He for layers followed by relu/leaky_relu/gelu, else Glorot), "he",
+        "glorot" or "sklearn" (see init_params).
+    dropout: rate (every hidden layer) or one per hidden layer, in [0, 1); applied to hidden
+        outputs in forward(training=True), inverted (kept units scaled by 1 / (1 - p)).
+    random_state: int seed or None; seeds the initial weights and the dropout masks.
+
+    Attributes: params [W0, b0, ...] float32 with W_l (n_l, n_{l+1}); grads, same shapes,
+    written by backward; activations (per hidden layer); t (training forwards done: dropout's
+    step counter).
+    """
+
+    def __init__(self, layer_sizes, activation="relu", output_activation="identity", *,
+                 init="auto", dropout=0.0, random_state=None):
+        sizes = [int(n) for n in layer_sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"layer_sizes needs at least two positive sizes, got {layer_sizes}")
+        n_hidden = len(sizes) - 2
+        acts = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(acts) != n_hidden:
+            raise ValueError(f"activation: need one per hidden layer ({n_hidden}), got {len(acts)}")
+        for a in acts:
+            _check_activation(a, "activation")
+        _check_activation(output_activation, "output_activation")
+        drop = [float(dropout)] * n_hidden if np.isscalar(dropout) else [float(p) for p in dropout]
+        if len(drop) != n_hidden or not all(0 <= p < 1 for p in drop):
+            raise ValueError(f"dropout: need rates in [0, 1), one per hidden layer, got {dropout}")
+        seed = np.random.SeedSequence(random_state).generate_state(2, np.uint64)
+        self.layer_sizes, self.activations = sizes, acts
+        self.output_activation, self.init, self.dropout = output_activation, init, drop
+        self.seed = int(seed[1])     # dropout's key
+        self.params = init_params(sizes, acts + [output_activation], init,
+                                  np.random.default_rng(int(seed[0])))
+        self.grads = [np.zeros_like(p) for p in self.params]
+        self.t = 0
+        self._cache = None
+
+    @property
+    def n_layers(self):
+        return len(self.layer_sizes) - 1
+
+    def _act(self, l):
+        return self.activations[l] if l < self.n_layers - 1 else self.output_activation
+
+    def forward(self, X, training=False):
+        """X float32 (M, n_0) -> output (M, n_L). training=True applies dropout and keeps what
+        backward needs (the inputs, pre-activations for gelu, outputs and masks)."""
+        a = X
+        cache = [(X, None, None, None)]
+        for l in range(self.n_layers):
+            W, b, act = self.params[2 * l], self.params[2 * l + 1], self._act(l)
+            if act == "gelu" and training:
+                z = _kernels.matmul(a, W, bias=b)
+                y = _kernels.bias_activation(z, None, "gelu")
+            else:
+                z, y = None, _kernels.matmul(a, W, bias=b, activation=act)
+            mask = None
+            if training and l < self.n_layers - 1 and self.dropout[l] > 0:
+                mask = _kernels.dropout_mask(y.shape[0], y.shape[1], self.dropout[l], self.seed,
+                                             self.t, l)
+                a = y * mask
+            else:
+                a = y
+            cache.append((a, z, y, mask))
+        if training:
+            self._cache = cache
+            self.t += 1
+        return a
+
+    def backward(self, dout):
+        """dout float32 (M, n_L), the loss gradient w.r.t. forward's output -> dX (M, n_0).
+        Fills self.grads. Needs a forward(training=True) first."""
+        if self._cache is None:
+            raise RuntimeError("backward needs a forward(X, training=True) first")
+        cache = self._cache
+        _, z, y, _ = cache[-1]
+        out_act = self.output_activation
+        d = dout if out_act == "identity" else _kernels.activation_backward(dout, out_act, y=y, z=z)
+        for l in range(self.n_layers - 1, -1, -1):
+            a_prev, z_prev, y_prev, mask_prev = cache[l]
+            _kernels.matmul(a_prev, d, trans_a=True, out=self.grads[2 * l])
+            _kernels.bias_grad(d, out=self.grads[2 * l + 1])
+            W = self.params[2 * l]
+            if l == 0:
+                return _kernels.matmul(d, W, trans_b=True)
+            act = self.activations[l - 1]
+            grad_act = None if act == "identity" else act
+            d = _kernels.matmul(d, W, trans_b=True, grad_activation=grad_act, y=y_prev, z=z_prev)
+            if mask_prev is not None:
+                d *= mask_prev
+
+    def predict(self, X):
+        """forward(X) in inference mode (no dropout); X is converted to float32."""
+        return self.forward(np.asarray(X, dtype=np.float32))
+
+    def train_step(self, loss, max_batch, *, optimizer="adam", **hyper):
+        """A TrainStep over this model's parameters (updated in place): one native call per
+        minibatch. loss: "softmax", "sigmoid" or "mse" (the output layer must be identity:
+        the loss applies softmax / sigmoid). hyper: TrainStep's keywords (lr goes to run())."""
+        if self.output_activation != "identity":
+            raise ValueError("train_step needs output_activation='identity' (the loss applies "
+                             "softmax or sigmoid itself)")
+        return _kernels.TrainStep(self.params, self.activations, loss, max_batch,
+                                  optimizer=optimizer, dropout=self.dropout, seed=self.seed,
+                                  **hyper)
+
+    def save(self, path):
+        """Write the model to a .safetensors file (fastmlp.load reads it back)."""
+        from .io import save_model
+        save_model(self, path)

@@ -1,0 +1,435 @@
+"""Model API, TrainStep, estimators (scikit-learn compatibility) and saving.
+
+TrainStep and MLP.backward are compared with a float64 NumPy computation built from
+fastmlp.reference, with the tolerance of a whole float32 forward/backward (rtol 1e-4, atol 1e-5).
+"""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import optim, reference as ref
+from fastmlp.testing import assert_bitwise_equal, assert_close
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import make_classification, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from fastmlp import MLP, MLPClassifier, MLPRegressor  # noqa: E402
+from fastmlp.io import ModelFileError  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def clf_data():
+    X, y = make_classification(300, 10, n_informative=6, n_classes=3, random_state=0)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def reg_data():
+    X, y = make_regression(200, 8, n_targets=2, noise=0.1, random_state=0)
+    return X.astype(np.float32), (y / y.std()).astype(np.float32)
+
+
+# ---- scikit-learn estimator checks ---------------------------------------------------------
+
+_SW_EQUIV = ("minibatch SGD visits a repeated row twice at different points of the trajectory, so "
+             "weights and repetitions agree only in expectation")
+EXPECTED = {"check_sample_weight_equivalence_on_dense_data": _SW_EQUIV}
+
+
+def _expected_failed(est):
+    out = dict(EXPECTED)
+    if isinstance(est, MLPRegressor):
+        out["check_regressor_multioutput"] = "predictions are float32 by design (float32 compute)"
+    return out
+
+
+@parametrize_with_checks(
+    [MLPClassifier((8,), max_iter=200, learning_rate_init=0.01, random_state=0),
+     MLPRegressor((8,), max_iter=200, learning_rate_init=0.01, random_state=0)],
+    expected_failed_checks=_expected_failed)
+def test_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+def test_pipeline_gridsearch_clone(clf_data):
+    X, y = clf_data
+    pipe = make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=100, batch_size=32,
+                                                       learning_rate_init=0.01, random_state=0))
+    grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-1]}, cv=2).fit(X, y)
+    assert grid.best_score_ > 0.6
+    c = clone(grid.best_estimator_[-1])
+    assert c.get_params() == grid.best_estimator_[-1].get_params()
+    assert not hasattr(c, "coefs_")
+
+
+# ---- TrainStep and model API against float64 NumPy ------------------------------------------
+
+def _reference_step(params, acts, X, y, loss, alpha, sample_weight=None):
+    """float64 loss and gradients of one step, from fastmlp.reference."""
+    p = [q.astype(np.float64) for q in params]
+    a = [X.astype(np.float64)]
+    for l in range(len(p) // 2):
+        z = a[-1] @ p[2 * l] + p[2 * l + 1]
+        a.append(ref.activation_forward(z, acts[l]) if l < len(acts) else z)
+    lossfn = {"softmax": ref.softmax_cross_entropy, "sigmoid": ref.sigmoid_cross_entropy,
+              "mse": ref.mse_loss}[loss]
+    w = None if sample_weight is None else sample_weight * len(X) / sample_weight.sum()
+    value, d = lossfn(a[-1], y if loss == "softmax" else y.astype(np.float64), w)
+    value += alpha / (2 * len(X)) * sum((p[2 * l] ** 2).sum() for l in range(len(p) // 2))
+    grads = [None] * len(p)
+    for l in range(len(p) // 2 - 1, -1, -1):
+        grads[2 * l], grads[2 * l + 1] = a[l].T @ d, d.sum(axis=0)
+        if l:
+            d = ref.activation_backward(d @ p[2 * l].T, acts[l - 1], y=a[l], z=None)
+    return value, p, grads
+
+
+@pytest.mark.parametrize("loss,solver", [("softmax", "adam"), ("sigmoid", "sgd"),
+                                         ("mse", "rmsprop")])
+def test_train_step_matches_reference(loss, solver):
+    rng = np.random.default_rng(1)
+    acts = ["relu", "tanh"]
+    model = MLP([6, 9, 7, 4], acts, random_state=0)
+    X = rng.standard_normal((11, 6)).astype(np.float32)
+    y = (rng.integers(0, 4, 11).astype(np.int32) if loss == "softmax"
+         else (rng.random((11, 4)) > 0.5).astype(np.float32))
+    sw = rng.random(11).astype(np.float32)
+    alpha, lr = 0.3, 0.05
+    value, p64, g64 = _reference_step(model.params, acts, X, y, loss, alpha, sw)
+    step = model.train_step(loss, 16, optimizer=solver, alpha=alpha, momentum=0.9)
+    got = step.run(X, y, sw, lr=lr)
+    assert got == pytest.approx(value, rel=1e-5)
+    for i, (p, g) in enumerate(zip(p64, g64)):
+        assert_close(step.grads[i], g, **TOL, name=f"grad {i}")
+        l2 = alpha / 11 if i % 2 == 0 else 0.0
+        if solver == "adam":
+            ref.adam_update(p, g, np.zeros_like(p), np.zeros_like(p), step=1, lr=lr, l2=l2)
+        elif solver == "sgd":
+            ref.sgd_update(p, g, lr=lr, l2=l2, momentum=0.9, nesterov=False,
+                           velocity=np.zeros_like(p))
+        else:
+            ref.rmsprop_update(p, g, np.zeros_like(p), lr=lr, l2=l2)
+        assert_close(model.params[i], p, **TOL, name=f"param {i}")
+
+
+def test_model_backward_matches_train_step_with_dropout():
+    """forward/backward/optimizer of the model API == one TrainStep call (same dropout masks)."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((8, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    a = MLP([5, 16, 12, 3], ["gelu", "leaky_relu"], dropout=0.4, random_state=3)
+    b = pickle.loads(pickle.dumps(a))
+    out = a.forward(X, training=True)
+    _, dout = fastmlp.softmax_cross_entropy(out, y)
+    dX = a.backward(dout)
+    assert dX.shape == X.shape
+    opt = optim.Adam(a, lr=0.01)
+    opt.step()
+    b.train_step("softmax", 8, optimizer="adam").run(X, y, lr=0.01)
+    for pa, pb in zip(a.params, b.params):
+        assert_close(pa, pb, **TOL)
+    assert not np.array_equal(a.params[0], pickle.loads(pickle.dumps(b)).params[0] * 0)
+
+
+def test_dropout_mask_deterministic_and_scaled():
+    m = fastmlp._kernels.dropout_mask(200, 50, 0.25, 7, 3, 1)
+    assert_bitwise_equal(m, fastmlp._kernels.dropout_mask(200, 50, 0.25, 7, 3, 1))
+    assert set(np.unique(m)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((m == 0).mean() - 0.25) < 0.02
+    assert not np.array_equal(m, fastmlp._kernels.dropout_mask(200, 50, 0.25, 7, 4, 1))
+
+
+def test_init_schemes():
+    he = MLP([400, 300, 10], "relu", random_state=0)
+    assert he.params[0].std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    glorot = MLP([400, 300, 10], "tanh", random_state=0)
+    assert np.abs(glorot.params[0]).max() <= np.sqrt(6 / 700)
+    assert not glorot.params[1].any()
+    sk = MLP([400, 300, 10], "logistic", init="sklearn", random_state=0)
+    assert np.abs(sk.params[0]).max() <= np.sqrt(2 / 700) and sk.params[1].any()
+
+
+@pytest.mark.parametrize("opt_cls", [optim.SGD, optim.RMSProp, optim.Adam, optim.AdamW])
+def test_optimizers_reduce_loss(opt_cls):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int32)
+    model = MLP([4, 16, 2], random_state=0)
+    opt = opt_cls(model, lr=0.05) if opt_cls is not optim.SGD else opt_cls(model, 0.1, 0.9, True)
+    losses = []
+    for _ in range(30):
+        loss, d = fastmlp.softmax_cross_entropy(model.forward(X, training=True), y)
+        model.backward(d)
+        opt.step()
+        losses.append(loss)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_schedules():
+    assert optim.InverseScaling(1.0, 0.5)(3) == pytest.approx(0.5)
+    assert optim.StepDecay(1.0, 10, 0.5)(25) == pytest.approx(0.25)
+    cos = optim.CosineWarmup(1.0, total=110, warmup=10)
+    assert cos(0) == pytest.approx(0.1) and cos(10) == 1.0 and cos(110) == pytest.approx(0)
+    plateau = optim.ReduceOnPlateau(1.0, patience=1, tol=0.1)
+    for m in [1.0, 1.0, 1.0]:
+        lr = plateau.report(m)
+    assert lr == pytest.approx(0.2)
+
+
+# ---- estimator behaviour --------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("learning_rate", ["constant", "invscaling", "adaptive", "cosine"])
+def test_solvers_and_schedules_learn(clf_data, solver, learning_rate):
+    X, y = clf_data
+    clf = MLPClassifier((16,), solver=solver, learning_rate=learning_rate,
+                        learning_rate_init=0.01 if solver != "sgd" else 0.1, max_iter=20,
+                        random_state=0, weight_decay=1e-3, rho=0.8, power_t=0.25,
+                        momentum=0.8, nesterovs_momentum=solver == "sgd")
+    clf.fit(X, y)
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    # invscaling decays with samples seen (scikit-learn's clock): too slow to learn much here
+    assert clf.score(X, y) > (0.7 if learning_rate != "invscaling" else 0.4)
+
+
+def test_attributes_and_outputs(clf_data, reg_data):
+    X, y = clf_data
+    clf = MLPClassifier((7, 5), activation=["tanh", "logistic"], max_iter=5, batch_size=32,
+                        random_state=0).fit(X.astype(np.float64), y)
+    assert [c.shape for c in clf.coefs_] == [(10, 7), (7, 5), (5, 3)]
+    assert clf.out_activation_ == "softmax" and clf.n_features_in_ == 10
+    assert clf.n_iter_ == 5 and clf.t_ == 5 * len(X) and len(clf.loss_curve_) == 5
+    assert clf.best_loss_ == min(clf.loss_curve_) and clf.validation_scores_ is None
+    proba = clf.predict_proba(X)
+    assert_close(proba.sum(axis=1), np.ones(len(X)), rtol=1e-5, atol=1e-6)
+    assert_close(clf.predict_log_proba(X), np.log(proba), rtol=1e-5, atol=1e-6)
+    binary = MLPClassifier((4,), max_iter=5, random_state=0).fit(X, y == 1)
+    assert binary.out_activation_ == "logistic" and binary.predict_proba(X).shape == (300, 2)
+    multilabel = np.stack([y == 0, y == 1], axis=1).astype(int)
+    ml = MLPClassifier((4,), max_iter=5, random_state=0).fit(X, multilabel)
+    assert ml.predict(X).shape == (300, 2) and ml.out_activation_ == "logistic"
+    Xr, yr = reg_data
+    reg = MLPRegressor((16,), max_iter=300, learning_rate_init=0.01, random_state=0)
+    assert reg.fit(Xr.astype(np.int64), yr).predict(Xr).shape == (200, 2)
+    assert reg.fit(Xr, yr).score(Xr, yr) > 0.9
+    assert reg.fit(Xr, yr[:, 0]).predict(Xr).shape == (200,)
+
+
+def test_partial_fit_keeps_optimizer_state(clf_data):
+    X, y = clf_data
+    a = MLPClassifier((8,), random_state=0, shuffle=False, batch_size=300)
+    b = MLPClassifier((8,), random_state=0, shuffle=False, batch_size=300, max_iter=3)
+    for _ in range(3):
+        a.partial_fit(X, y, classes=np.unique(y))
+    b.fit(X, y)          # one full-batch Adam trajectory: equal iff the state was kept
+    for ca, cb in zip(a.coefs_, b.coefs_):
+        assert_bitwise_equal(ca, cb)
+    assert a._step.t == 3
+    with pytest.raises(ValueError, match="classes"):
+        MLPClassifier().partial_fit(X, y)
+
+
+def test_warm_start_continues(clf_data):
+    X, y = clf_data
+    clf = MLPClassifier((8,), max_iter=5, warm_start=True, random_state=0).fit(X, y)
+    first = clf.coefs_[0].copy()
+    clf.fit(X, y)
+    assert len(clf.loss_curve_) == 10 and not np.array_equal(first, clf.coefs_[0])
+    cold = MLPClassifier((8,), max_iter=5, random_state=0).fit(X, y)
+    assert_bitwise_equal(cold.coefs_[0], first)
+
+
+def test_early_stopping_restores_best(clf_data):
+    X, y = clf_data
+    seen = []
+    clf = MLPClassifier((8,), max_iter=40, early_stopping=True, validation_fraction=0.2,
+                        n_iter_no_change=2, tol=0.5, random_state=0, learning_rate_init=0.05,
+                        callback=lambda info: seen.append([c.copy() for c in
+                                                           info["estimator"].coefs_]) and False)
+    clf.fit(X, y)
+    best = int(np.argmax(clf.validation_scores_))
+    assert clf.n_iter_ < 40 and clf.best_validation_score_ == max(clf.validation_scores_)
+    for c, s in zip(clf.coefs_, seen[best]):
+        assert_bitwise_equal(c, s)
+
+
+def test_explicit_validation_set_callback_verbose(clf_data, capsys):
+    X, y = clf_data
+    infos = []
+    clf = MLPClassifier((8,), max_iter=50, verbose=True, random_state=0,
+                        callback=lambda info: infos.append(info) or info["epoch"] == 3)
+    clf.fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    assert clf.n_iter_ == 3 and len(clf.validation_scores_) == 3
+    assert infos[-1]["validation_score"] == clf.score(X[200:], y[200:])
+    out = capsys.readouterr().out
+    assert "Iteration 3" in out and "validation score" in out and "samples/s" in out
+
+
+def test_class_weight_and_sample_weight(clf_data):
+    X, y = clf_data
+    base = dict(hidden_layer_sizes=(8,), max_iter=30, batch_size=32, learning_rate_init=0.01,
+                random_state=0)
+    plain = MLPClassifier(**base).fit(X, y)
+    weighted = MLPClassifier(**base, class_weight={0: 20.0, 1: 1.0, 2: 1.0}).fit(X, y)
+    assert (weighted.predict(X) == 0).sum() > (plain.predict(X) == 0).sum()
+    sw = np.where(y == 0, 20.0, 1.0)
+    by_sw = MLPClassifier(**base).fit(X, y, sample_weight=sw)
+    for a, b in zip(by_sw.coefs_, weighted.coefs_):
+        assert_close(a, b, rtol=1e-5, atol=1e-6)
+    balanced = MLPClassifier(**base, class_weight="balanced").fit(X[:200], y[:200])
+    assert balanced.score(X, y) > 0.6
+
+
+def test_dropout_alpha_and_batch_size_change_the_fit(clf_data):
+    X, y = clf_data
+    base = dict(hidden_layer_sizes=(16,), max_iter=5, random_state=0)
+    ref_coef = MLPClassifier(**base).fit(X, y).coefs_[0]
+    for change in [dict(dropout=0.3), dict(alpha=1.0), dict(batch_size=17),
+                   dict(shuffle=False), dict(beta_1=0.5), dict(beta_2=0.9), dict(epsilon=1e-3)]:
+        coef = MLPClassifier(**base, **change).fit(X, y).coefs_[0]
+        assert not np.array_equal(coef, ref_coef), change
+    heavy = MLPClassifier(**dict(base, max_iter=30), alpha=10.0).fit(X, y)
+    assert np.linalg.norm(heavy.coefs_[0]) < np.linalg.norm(ref_coef)
+
+
+def test_tol_and_n_iter_no_change_stop_early(clf_data):
+    X, y = clf_data
+    clf = MLPClassifier((8,), max_iter=200, tol=10.0, n_iter_no_change=3, random_state=0)
+    # epoch 1 sets best_loss_; epochs 2..5 do not improve by tol; 4 > n_iter_no_change stops
+    assert clf.fit(X, y).n_iter_ == 5
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_determinism_across_threads(clf_data, n_threads):
+    X, y = clf_data
+    params = dict(hidden_layer_sizes=(64, 32), max_iter=3, dropout=0.2, random_state=5)
+    base = MLPClassifier(**params, n_threads=1).fit(X, y)
+    other = MLPClassifier(**params, n_threads=n_threads).fit(X, y)
+    for a, b in zip(base.coefs_ + base.intercepts_, other.coefs_ + other.intercepts_):
+        assert_bitwise_equal(a, b)
+
+
+def test_n_threads_is_restored(clf_data):
+    X, y = clf_data
+    before = fastmlp.get_num_threads()
+    MLPClassifier((4,), max_iter=1, n_threads=3).fit(X, y)
+    assert fastmlp.get_num_threads() == before
+
+
+def test_divergence_raises_and_keeps_finite_weights(reg_data):
+    X, y = reg_data
+    reg = MLPRegressor((32,), solver="sgd", learning_rate_init=10.0, momentum=0.9,
+                       max_iter=50, random_state=0)
+    with pytest.raises(FloatingPointError, match="learning rate 10 is probably too high"):
+        reg.fit(X * 100, y)
+    assert all(np.isfinite(c).all() for c in reg.coefs_ + reg.intercepts_)
+
+
+def test_keyboard_interrupt_leaves_usable_model(clf_data):
+    X, y = clf_data
+
+    def interrupt(info):
+        if info["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    clf = MLPClassifier((8,), max_iter=50, random_state=0, callback=interrupt)
+    with pytest.warns(UserWarning, match="interrupted"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 2 and clf.predict(X).shape == (300,)
+
+
+def test_invalid_parameters(clf_data):
+    X, y = clf_data
+    for bad in [dict(solver="lbfgs"), dict(dropout=1.0), dict(activation="swish"),
+                dict(learning_rate="bogus"), dict(n_threads=0), dict(hidden_layer_sizes=(0,))]:
+        with pytest.raises(ValueError):
+            MLPClassifier(**bad).fit(X, y)
+
+
+# ---- saving ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, clf_data):
+    X, y = clf_data
+    labels = np.array(["cat", "dog", "emu"])[y]
+    clf = MLPClassifier((8, 6), activation=["relu", "gelu"], max_iter=5, random_state=0)
+    path = tmp_path_factory.mktemp("models") / "clf.safetensors"
+    clf.fit(X, labels).save(path)
+    return clf, path, path.read_bytes()
+
+
+def test_save_load_round_trips(saved, clf_data, reg_data, tmp_path):
+    X, _ = clf_data
+    clf, path, _ = saved
+    loaded = fastmlp.load(path)
+    assert_bitwise_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert (loaded.predict(X) == clf.predict(X)).all() and loaded.classes_.dtype.kind == "U"
+    assert loaded.get_params() == {**clf.get_params(), "callback": None}
+    assert pickle.loads(pickle.dumps(clf)).predict(X).tolist() == clf.predict(X).tolist()
+    Xr, yr = reg_data
+    reg = MLPRegressor((5,), max_iter=3, random_state=0).fit(Xr, yr)
+    reg.save(tmp_path / "r.safetensors")
+    assert_bitwise_equal(fastmlp.load(tmp_path / "r.safetensors").predict(Xr), reg.predict(Xr))
+    model = MLP([4, 3, 2], "tanh", dropout=0.1, random_state=0)
+    model.save(tmp_path / "m.safetensors")
+    back = fastmlp.load(tmp_path / "m.safetensors")
+    x = np.ones((2, 4), np.float32)
+    assert_bitwise_equal(back.predict(x), model.predict(x))
+    assert back.seed == model.seed and back.dropout == model.dropout
+
+
+def _rewrite_meta(raw, edit):
+    """raw file bytes with the fastmlp metadata document edited by edit(dict)."""
+    import json
+    import struct
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    doc = json.loads(header["__metadata__"]["fastmlp"])
+    edit(doc)
+    header["__metadata__"]["fastmlp"] = json.dumps(doc)
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def _set(key, value):
+    return lambda doc: doc.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda raw: raw[:-7], "truncated|bytes"),
+    (lambda raw: raw[:5], "truncated"),
+    (lambda raw: raw[:20] + bytes([raw[20] ^ 0x55]) + raw[21:], "corrupt|tensor|fastmlp"),
+    (lambda raw: _rewrite_meta(raw, _set("layer_sizes", [10, 9, 6, 3])), "shape"),
+    (lambda raw: _rewrite_meta(raw, _set("activations", ["relu", "os.system"])),
+     "unknown activation"),
+    (lambda raw: _rewrite_meta(raw, _set("format_version", 99)), "format_version"),
+    (lambda raw: _rewrite_meta(raw, _set("hyperparameters", {"callback": "print"})),
+     "hyperparameter"),
+    (lambda raw: _rewrite_meta(raw, lambda d: d["classes"].__setitem__("values", [1, 2])),
+     "classes|dtype"),
+    (lambda raw: raw[:-4] + np.float32(np.nan).tobytes(), "non-finite"),
+])
+def test_load_rejects_bad_files(saved, tmp_path, corrupt, match):
+    _, _, raw = saved
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(corrupt(raw))
+    with pytest.raises(ModelFileError, match=match):
+        fastmlp.load(bad)
+
+
+def test_load_size_cap(saved):
+    _, path, _ = saved
+    with pytest.raises(ValueError, match="cap"):
+        fastmlp.load(path, max_bytes=100)
