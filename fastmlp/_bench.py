@@ -1,0 +1,317 @@
+"""Measurements behind `fastmlp info` and `fastmlp bench`: machine context, timing, memory
+bandwidth, the kernel cases of an MLP and the speedup chart.
+
+Timings alternate the implementations being compared and keep medians, so drift on a shared
+machine hits every side alike (as benchmarks/gemm_report.py does). FLOPs and bytes are not
+recomputed here: each case is run once under fastmlp.profile(), whose formulas are the single
+definition of a kernel's work.
+"""
+import os
+import platform
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from . import __version__, _kernels, info, profile
+from . import reference as ref
+
+# An MLP the size people train on MNIST, at the batch size of `fastmlp train`.
+LAYERS = (784, 512, 256, 10)
+BATCH = 128
+
+
+# ---- context --------------------------------------------------------------------------------
+
+
+def cpu_model():
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info():
+    """NumPy's BLAS libraries as threadpoolctl sees them, with the kernel architecture in use."""
+    return [dict(internal_api=i.get("internal_api"), version=i.get("version"),
+                 architecture=i.get("architecture"), num_threads=i.get("num_threads"),
+                 library=os.path.basename(i.get("filepath", "")))
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def context():
+    """What a report was measured with: fastmlp version, ISA, threads, CPU, OpenMP, BLAS."""
+    machine = info()
+    return dict(fastmlp_version=__version__, isa=machine["isa"],
+                supported_isas=machine["supported_isas"], threads=machine["num_threads"],
+                cpu=cpu_model(), openmp=machine["openmp"], blas=blas_info(),
+                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
+
+
+def coretype_warning():
+    """A warning line if OPENBLAS_CORETYPE forces NumPy's BLAS kernel, else None: comparisons
+    against NumPy are only fair with OpenBLAS choosing its own kernel."""
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        return (f"warning: OPENBLAS_CORETYPE={forced} forces NumPy's BLAS kernel; compare with "
+                "it unset (env -u OPENBLAS_CORETYPE)")
+    return None
+
+
+def threads_text(n):
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+
+def _seconds_per_call(fn, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def compare(fns, target_seconds, repeats):
+    """Median seconds per call of each function in fns (name -> callable). Each timing runs a
+    function for about target_seconds; the functions take turns, repeats rounds."""
+    numbers = {}
+    for name, fn in fns.items():
+        fn()    # warm up: first-touch page faults, GEMM scratch, BLAS thread start
+        numbers[name] = max(1, int(target_seconds / max(_seconds_per_call(fn, 1), 1e-7)))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_seconds_per_call(fn, numbers[name]))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def memory_bandwidth_gbps(mib=256, repeats=3):
+    """Streaming bandwidth: an identity bias_activation copies a float32 array of `mib` MiB to
+    another (4 bytes read + 4 written per element), best of `repeats`."""
+    z = np.ones(mib * (1 << 20) // 4, np.float32).reshape(-1, 1 << 16)
+    y = np.empty_like(z)
+    _kernels.bias_activation(z, activation="identity", out=y)   # fault the pages in
+    best = min(_seconds_per_call(lambda: _kernels.bias_activation(z, activation="identity",
+                                                                  out=y), 1)
+               for _ in range(repeats))
+    return 8 * z.size / best * 1e-9
+
+
+# ---- cases ----------------------------------------------------------------------------------
+
+
+class Case:
+    """One benchmark line: fastmlp's call, the NumPy reference's, and NumPy's BLAS for the bare
+    product of a matmul (None for other kernels)."""
+
+    def __init__(self, name, group, ours, reference, blas=None):
+        self.name, self.group = name, group
+        self.ours, self.reference, self.blas = ours, reference, blas
+
+
+def _matmul_cases(rng):
+    """Every product of a forward and backward pass of LAYERS at BATCH, fused as training runs
+    them: forward relu(XW + b), weight gradients X^T D, input gradients (D W^T) * relu'(Y)."""
+    cases = []
+    n_layers = len(LAYERS) - 1
+    for l, (n_in, n_out) in enumerate(zip(LAYERS[:-1], LAYERS[1:])):
+        x = rng.random((BATCH, n_in), np.float32)
+        w = rng.standard_normal((n_in, n_out), np.float32) * 0.05
+        b = rng.standard_normal(n_out, np.float32)
+        d = rng.standard_normal((BATCH, n_out), np.float32)
+        act = "relu" if l < n_layers - 1 else None
+        fwd = dict(bias=b, activation=act)
+        cases.append(Case(f"matmul fwd {BATCH}x{n_in}x{n_out} +bias{'+relu' if act else ''}",
+                          "matmul", _bind(_kernels.matmul, x, w, **fwd),
+                          _bind(ref.matmul, x, w, **fwd), _blas(x, w)))
+        cases.append(Case(f"matmul dW {n_in}x{n_out} (K={BATCH})", "matmul",
+                          _bind(_kernels.matmul, x, d, trans_a=True),
+                          _bind(ref.matmul, x, d, trans_a=True), _blas(x.T, d)))
+        if l > 0:
+            y = np.maximum(rng.standard_normal((BATCH, n_in), np.float32), 0)
+            bwd = dict(trans_b=True, grad_activation="relu", y=y)
+            cases.append(Case(f"matmul dX {BATCH}x{n_out}->{n_in} *relu'", "matmul",
+                              _bind(_kernels.matmul, d, w, **bwd), _bind(ref.matmul, d, w, **bwd),
+                              _blas(d, w.T)))
+    return cases
+
+
+def _bind(fn, *args, **kwargs):
+    return lambda: fn(*args, **kwargs)
+
+
+def _blas(a, b):
+    """NumPy's BLAS on the bare product a @ b into a preallocated output."""
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    return lambda: np.matmul(a, b, out=out)
+
+
+def _elementwise_cases(rng):
+    """The non-GEMM kernels at the sizes one training step of LAYERS meets."""
+    m, n, classes = BATCH, LAYERS[1], LAYERS[-1]
+    z = rng.standard_normal((m, n), np.float32)
+    b = rng.standard_normal(n, np.float32)
+    y = np.maximum(z, 0)
+    logits = rng.standard_normal((m, classes), np.float32)
+    labels = rng.integers(0, classes, m).astype(np.int32)
+    targets = (rng.random((m, classes)) < 0.5).astype(np.float32)
+    cases = [
+        Case(f"bias_activation relu {m}x{n}", "elementwise",
+             *(_bind(k.bias_activation, z, b, "relu") for k in (_kernels, ref))),
+        Case(f"bias_activation gelu {m}x{n}", "elementwise",
+             *(_bind(k.bias_activation, z, b, "gelu") for k in (_kernels, ref))),
+        Case(f"activation_backward relu {m}x{n}", "elementwise",
+             *(_bind(k.activation_backward, z, "relu", y=y) for k in (_kernels, ref))),
+        Case(f"bias_grad {m}x{n}", "elementwise", *(_bind(k.bias_grad, z) for k in (_kernels, ref))),
+        Case(f"softmax_cross_entropy {m}x{classes}", "loss",
+             *(_bind(k.softmax_cross_entropy, logits, labels) for k in (_kernels, ref))),
+        Case(f"sigmoid_cross_entropy {m}x{classes}", "loss",
+             *(_bind(k.sigmoid_cross_entropy, logits, targets) for k in (_kernels, ref))),
+        Case(f"mse_loss {m}x{classes}", "loss",
+             *(_bind(k.mse_loss, logits, targets) for k in (_kernels, ref))),
+    ]
+    size = LAYERS[0] * LAYERS[1]
+    for name, make in [("sgd_update momentum", _sgd), ("rmsprop_update", _rmsprop),
+                       ("adam_update", _adam)]:
+        # separate state per side: the updates run in place
+        cases.append(Case(f"{name} n={size}", "optimizer", make(_kernels, rng, size),
+                          make(ref, rng, size)))
+    return cases
+
+
+def _sgd(k, rng, n):
+    p, g, vel = rng.standard_normal(n, np.float32), rng.standard_normal(n, np.float32), \
+        np.zeros(n, np.float32)
+    return lambda: k.sgd_update(p, g, lr=1e-6, momentum=0.9, velocity=vel)
+
+
+def _rmsprop(k, rng, n):
+    p, g, sq = rng.standard_normal(n, np.float32), rng.standard_normal(n, np.float32), \
+        np.zeros(n, np.float32)
+    return lambda: k.rmsprop_update(p, g, sq, lr=1e-6)
+
+
+def _adam(k, rng, n):
+    p, g = rng.standard_normal(n, np.float32), rng.standard_normal(n, np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    return lambda: k.adam_update(p, g, m, v, step=1, lr=1e-6)
+
+
+def _train_step_case(rng):
+    """One Adam training step of LAYERS (relu, softmax) on a batch: fastmlp's native TrainStep
+    against the same step written with the NumPy reference kernels."""
+    x = rng.random((BATCH, LAYERS[0]), np.float32)
+    labels = rng.integers(0, LAYERS[-1], BATCH).astype(np.int32)
+    n_hidden = len(LAYERS) - 2
+
+    def params():
+        out = []
+        for n_in, n_out in zip(LAYERS[:-1], LAYERS[1:]):
+            out += [rng.standard_normal((n_in, n_out), np.float32) * np.float32(
+                np.sqrt(2 / n_in)), np.zeros(n_out, np.float32)]
+        return out
+
+    step = _kernels.TrainStep(params(), ["relu"] * n_hidden, "softmax", BATCH)
+    ref_params = params()
+    ref_state = [(np.zeros_like(p), np.zeros_like(p)) for p in ref_params]
+
+    def reference_step():
+        acts = [x]
+        for l in range(len(LAYERS) - 1):
+            W, b = ref_params[2 * l], ref_params[2 * l + 1]
+            acts.append(ref.matmul(acts[-1], W, bias=b,
+                                   activation="relu" if l < n_hidden else None))
+        _, d = ref.softmax_cross_entropy(acts[-1], labels)
+        for l in range(len(LAYERS) - 2, -1, -1):
+            W, b = ref_params[2 * l], ref_params[2 * l + 1]
+            dW, db = ref.matmul(acts[l], d, trans_a=True), ref.bias_grad(d)
+            if l > 0:
+                d = ref.matmul(d, W, trans_b=True, grad_activation="relu", y=acts[l])
+            for p, g, (m, v) in ((W, dW, ref_state[2 * l]), (b, db, ref_state[2 * l + 1])):
+                ref.adam_update(p, g, m, v, step=1, lr=1e-6)
+
+    name = f"train step {'-'.join(map(str, LAYERS))} batch {BATCH} adam"
+    return Case(name, "train step", lambda: step.run(x, labels, lr=1e-6), reference_step)
+
+
+def cases(rng):
+    """Every benchmark case: products, elementwise kernels, losses, optimizers, a train step."""
+    return _matmul_cases(rng) + _elementwise_cases(rng) + [_train_step_case(rng)]
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
+def work(fn, peak):
+    """(flops, bytes) of one call of fn, by the profiler's formulas."""
+    with profile(peak_gflops=peak) as prof:
+        fn()
+    return (sum(r["flops"] for r in prof.records), sum(r["bytes"] for r in prof.records))
+
+
+def measure(case, peak, target_seconds, repeats):
+    """One result record for a case (see `fastmlp bench --help` for the fields)."""
+    fns = dict(fastmlp=case.ours, reference=case.reference)
+    if case.blas is not None:
+        fns["blas"] = case.blas
+    t = compare(fns, target_seconds, repeats)
+    flops, nbytes = work(case.ours, peak)
+    ours = t["fastmlp"]
+    return dict(name=case.name, group=case.group, flops=flops, bytes=nbytes,
+                fastmlp_seconds=ours, reference_seconds=t["reference"],
+                blas_seconds=t.get("blas"), gflops=flops / ours * 1e-9,
+                gbps=nbytes / ours * 1e-9, percent_of_peak=100 * flops / ours * 1e-9 / peak,
+                speedup_vs_reference=t["reference"] / ours,
+                speedup_vs_blas=t["blas"] / ours if "blas" in t else None)
+
+
+# ---- chart ----------------------------------------------------------------------------------
+
+
+def require_matplotlib():
+    """matplotlib, or a SystemExit saying how to install it (it is an optional extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("fastmlp bench --plot needs matplotlib: pip install 'fastmlp[plot]' "
+                         "(or pip install matplotlib)") from None
+    return matplotlib
+
+
+def plot(results, ctx, path):
+    """Horizontal bars of each case's speedup over the NumPy reference, log scale, to path."""
+    matplotlib = require_matplotlib()
+    matplotlib.use("Agg")    # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in results][::-1]     # first case at the top
+    speedups = [r["speedup_vs_reference"] for r in results][::-1]
+    colours = {"matmul": "tab:blue", "elementwise": "tab:orange", "loss": "tab:green",
+               "optimizer": "tab:purple", "train step": "tab:red"}
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(names) + 1.6))
+    bars = ax.barh(names, speedups, color=[colours.get(r["group"], "grey")
+                                           for r in results][::-1])
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:g}x"))
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c, label=g)
+                       for g, c in colours.items() if any(r["group"] == g for r in results)],
+              loc="lower right", fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for bar, s in zip(bars, speedups):
+        ax.annotate(f"{s:.1f}x", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(min(0.5, min(speedups) / 1.5), max(speedups) * 2.5)
+    ax.set_xlabel("speedup over the NumPy reference (fastmlp.reference), log scale")
+    ax.set_title(f"fastmlp {ctx['fastmlp_version']} on {ctx['cpu']}\n"
+                 f"{ctx['isa']}, {threads_text(ctx['threads'])}", fontsize=10)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,367 @@
+"""The `fastmlp` command (also `python -m fastmlp`).
+
+    fastmlp info [--json]            the machine: CPU, ISAs, threads, OpenMP, peak GFLOP/s,
+                                     memory bandwidth, NumPy's BLAS
+    fastmlp train [options]          train an MLP classifier (bundled MNIST sample by default)
+    fastmlp bench [--quick] [--json FILE] [--plot FILE.png]
+                                     every kernel and a training step against NumPy
+
+`train` drives the model API (fastmlp.MLP and its native TrainStep), not the scikit-learn
+estimators, so that it runs right after `pip install .`: scikit-learn is an optional extra.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import fastmlp
+from fastmlp import _bench, datasets
+
+SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+# ---- info -----------------------------------------------------------------------------------
+
+
+def machine_report():
+    """fastmlp.info() plus the CPU model, measured peaks, memory bandwidth and NumPy's BLAS."""
+    report = fastmlp.info()
+    threads = report["num_threads"]
+    report.update(
+        cpu=_bench.cpu_model(),
+        peak_gflops={str(n): fastmlp.measure_peak_gflops(0.2, n) for n in sorted({1, threads})},
+        memory_bandwidth_gbps=_bench.memory_bandwidth_gbps(),
+        blas=_bench.blas_info(),
+        openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
+    return report
+
+
+def cmd_info(args):
+    report = machine_report()
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    omp = report["openmp"] or {}
+    lines = [
+        f"fastmlp {report['version']}",
+        f"cpu            {report['cpu']}",
+        f"isa            {report['isa']} (supported: {', '.join(report['supported_isas'])})",
+        f"threads        {report['num_threads']} ({report['physical_cores']} physical cores)",
+        f"openmp         {omp.get('library', 'none found')}",
+    ]
+    lines += [f"peak           {gf:.1f} GFLOP/s on {_bench.threads_text(int(n))} (FMA, "
+              f"{report['isa']})" for n, gf in report["peak_gflops"].items()]
+    lines.append(f"memory         {report['memory_bandwidth_gbps']:.1f} GB/s (streaming copy, "
+                 f"{report['num_threads']} threads)")
+    lines += [f"numpy blas     {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
+              f"{b['num_threads']} threads ({b['library']})" for b in report["blas"]] \
+        or ["numpy blas     none found by threadpoolctl"]
+    print("\n".join(lines))
+    warning = _bench.coretype_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+# ---- train: data ----------------------------------------------------------------------------
+
+
+def load_data(args):
+    """(X_train, y_train, X_test, y_test, description): float32 features, integer labels."""
+    if args.data is None:
+        images, labels = datasets.load_sample()
+        X = datasets.prepare_images(images)
+        X_train, y_train, X_test, y_test = X[:8000], labels[:8000], X[8000:], labels[8000:]
+        source = "the bundled MNIST sample"
+    elif os.path.isdir(args.data):
+        train = datasets.load_mnist("train", directory=args.data)
+        test = datasets.load_mnist("test", directory=args.data)
+        X_train, y_train = datasets.prepare_images(train[0]), train[1]
+        X_test, y_test = datasets.prepare_images(test[0]), test[1]
+        source = f"MNIST files in {args.data}"
+    else:
+        reader = datasets.load_csv if args.data.lower().endswith(".csv") else datasets.load_npz
+        X, y = reader(args.data)
+        X = _features(X)
+        n_test = max(1, int(round(len(X) * args.test_split)))
+        if n_test >= len(X):
+            raise SystemExit(f"--test-split {args.test_split} leaves no training samples")
+        X_train, y_train, X_test, y_test = X[:-n_test], y[:-n_test], X[-n_test:], y[-n_test:]
+        source = f"{args.data} (the last {n_test:,} samples held out)"
+    if args.limit:
+        X_train, y_train = X_train[:args.limit], y_train[:args.limit]
+    return X_train, y_train, X_test, y_test, source
+
+
+def _features(X):
+    """Images (integer pixels, or more than 2-D) are flattened and scaled to [0, 1]; a table of
+    floats is used as given (scale it beforehand)."""
+    X = np.asarray(X)
+    if X.ndim > 2 or np.issubdtype(X.dtype, np.integer):
+        return datasets.prepare_images(X)
+    if X.ndim != 2:
+        raise SystemExit(f"features must be (n_samples, n_features), got shape {X.shape}")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+# ---- train: progress ------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn in place at most ten times a second. When
+    stderr is not a terminal (a log, CI) it prints one plain line per epoch instead."""
+
+    WIDTH = 24
+
+    def __init__(self, epochs, n_samples, stream=sys.stderr, enabled=True):
+        self.epochs, self.n, self.stream, self.enabled = epochs, n_samples, stream, enabled
+        self.tty = enabled and stream.isatty()
+        self._drawn = 0.0
+
+    def update(self, epoch, done, loss, rate):
+        if not self.tty or time.perf_counter() - self._drawn < 0.1:
+            return
+        self._drawn = time.perf_counter()
+        filled = int(self.WIDTH * done / self.n)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\repoch {epoch}/{self.epochs} [{bar}] {done:,}/{self.n:,} "
+                          f"loss {loss:.4f} {rate:,.0f} samples/s ")
+        self.stream.flush()
+
+    def end_epoch(self, epoch, loss, rate, val_acc):
+        if not self.enabled:
+            return
+        val = "" if val_acc is None else f"  val acc {100 * val_acc:.2f}%"
+        line = (f"epoch {epoch}/{self.epochs} [{'#' * self.WIDTH}] {self.n:,}/{self.n:,} "
+                f"loss {loss:.4f} {rate:,.0f} samples/s{val}")
+        self.stream.write(("\r" + line + "\x1b[K\n") if self.tty else line + "\n")
+        self.stream.flush()
+
+
+# ---- train: the loop ------------------------------------------------------------------------
+
+
+def _parse_hidden(text):
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 256 or 256,128, got "
+                                         f"{text!r}")
+    return sizes
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
+def build_model(args, n_features, n_classes):
+    """The MLP and the native TrainStep that updates its parameters in place."""
+    model = fastmlp.MLP([n_features, *args.hidden, n_classes], activation=args.activation,
+                        random_state=args.seed)
+    hyper = dict(optimizer="adam" if args.solver == "adamw" else args.solver)
+    if args.solver == "adamw":
+        hyper["weight_decay"] = args.weight_decay
+    step = model.train_step("softmax", args.batch_size, **hyper)
+    return model, step
+
+
+def accuracy(model, X, y):
+    return float(np.mean(model.predict(X).argmax(axis=1) == y))
+
+
+def fit(model, step, X, y, X_val, y_val, args, progress):
+    """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen)."""
+    rng = np.random.default_rng(args.seed)
+    order = np.arange(len(X))
+    n, seconds = len(X), 0.0
+    for epoch in range(1, args.epochs + 1):
+        rng.shuffle(order)
+        total, t0 = 0.0, time.perf_counter()
+        for start in range(0, n, args.batch_size):
+            idx = order[start:start + args.batch_size]
+            total += step.run(X, y, lr=args.lr, index=idx) * len(idx)
+            done = start + len(idx)
+            progress.update(epoch, done, total / done, done / (time.perf_counter() - t0))
+        elapsed = time.perf_counter() - t0
+        seconds += elapsed
+        val = accuracy(model, X_val, y_val) if X_val is not None else None
+        progress.end_epoch(epoch, total / n, n / elapsed, val)
+    return seconds, n * args.epochs
+
+
+def cmd_train(args):
+    if args.threads:
+        fastmlp.set_num_threads(args.threads)
+    X_train, y_train, X_test, y_test, source = load_data(args)
+    # Labels of any kind (digits, strings of numbers, floats) become indices 0..C-1.
+    classes, y_all = np.unique(np.concatenate([y_train, y_test]), return_inverse=True)
+    y_all = y_all.astype(np.int32)
+    y_train, y_test = y_all[:len(y_train)], y_all[len(y_train):]
+    X_val = y_val = None
+    if args.validation_split:
+        n_val = max(1, int(round(len(X_train) * args.validation_split)))
+        X_train, X_val = X_train[:-n_val], X_train[-n_val:]
+        y_train, y_val = y_train[:-n_val], y_train[-n_val:]
+    X_train = np.ascontiguousarray(X_train)
+    model, step = build_model(args, X_train.shape[1], len(classes))
+    if not args.quiet:
+        print(f"training {'-'.join(map(str, model.layer_sizes))} MLP ({args.activation}, "
+              f"{args.solver} lr {args.lr:g}, batch {args.batch_size}) on {source}: "
+              f"{len(X_train):,} train / {len(X_test):,} test samples", file=sys.stderr)
+    progress = Progress(args.epochs, len(X_train), enabled=not args.quiet)
+    with fastmlp.profile() if args.profile else contextlib.nullcontext() as prof:
+        seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress)
+    acc = accuracy(model, X_test, y_test)
+    print(f"test accuracy {100 * acc:.2f}% on {len(X_test):,} samples | trained in "
+          f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {fastmlp.info()['isa']}, "
+          f"{_bench.threads_text(fastmlp.get_num_threads())}")
+    if args.profile:
+        print(prof.table())
+    if args.save:
+        model.save(args.save)
+        print(f"saved the model to {args.save} (fastmlp.load reads it; predict gives the "
+              f"scores of classes {_class_list(classes)})")
+
+
+def _class_list(classes):
+    shown = ", ".join(str(c) for c in classes[:10])
+    return f"[{shown}{', ...' if len(classes) > 10 else ''}]"
+
+
+# ---- bench ----------------------------------------------------------------------------------
+
+
+def cmd_bench(args):
+    if args.plot:
+        _bench.require_matplotlib()     # fail before the measurements, not after
+    if args.threads:
+        fastmlp.set_num_threads(args.threads)
+    warning = _bench.coretype_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    target, repeats = (0.005, 3) if args.quick else (0.05, 5)
+    # NumPy's BLAS gets as many threads as fastmlp: a like-for-like comparison
+    with threadpool_limits(limits=fastmlp.get_num_threads(), user_api="blas"):
+        ctx = _bench.context()
+        ctx["peak_gflops"] = peak = fastmlp.measure_peak_gflops(0.1 if args.quick else 0.5)
+        _print_context(ctx)
+        results = []
+        for case in _bench.cases(np.random.default_rng(0)):
+            results.append(_bench.measure(case, peak, target, repeats))
+            _print_result(results[-1])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(context=ctx, results=results), f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        _bench.plot(results, ctx, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def _print_context(ctx):
+    print(f"fastmlp {ctx['fastmlp_version']} | {ctx['cpu']} | {ctx['isa']}, "
+          f"{_bench.threads_text(ctx['threads'])} | peak {ctx['peak_gflops']:.1f} GFLOP/s")
+    for b in ctx["blas"]:
+        print(f"NumPy BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
+              f"{b['num_threads']} threads")
+    print(f"{'case':46s} {'fastmlp':>10s} {'GFLOP/s':>8s} {'GB/s':>7s} {'%peak':>6s} "
+          f"{'vs ref':>7s} {'vs BLAS':>7s}")
+
+
+def _print_result(r):
+    vs_blas = "" if r["speedup_vs_blas"] is None else f"{r['speedup_vs_blas']:6.2f}x"
+    print(f"{r['name'][:46]:46s} {_duration(r['fastmlp_seconds']):>10s} {r['gflops']:8.1f} "
+          f"{r['gbps']:7.1f} {r['percent_of_peak']:5.1f}% {r['speedup_vs_reference']:6.1f}x "
+          f"{vs_blas:>7s}", flush=True)
+
+
+def _duration(seconds):
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="fastmlp", description="Fast MLPs on multicore CPUs.")
+    p.add_argument("--version", action="version", version=f"fastmlp {fastmlp.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="the machine: CPU, ISAs, threads, peaks, BLAS")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(run=cmd_info)
+
+    train = sub.add_parser("train", help="train an MLP classifier and report test accuracy",
+                           description="Train an MLP classifier: by default on the bundled "
+                           "MNIST sample (first 8,000 images train, last 2,000 test).")
+    train.add_argument("--data", help="a folder with MNIST IDX files, an .npz (X/y, x_train/"
+                       "y_train, ...) or a .csv (label in the last column)")
+    train.add_argument("--test-split", type=_fraction, default=0.2,
+                       help="for .npz/.csv: the fraction held out at the end as the test set "
+                       "(default 0.2)")
+    train.add_argument("--limit", type=_positive, help="train on the first N training samples only")
+    train.add_argument("--hidden", type=_parse_hidden, default=[256],
+                       help="hidden layer sizes, e.g. 256 or 256,128 (default 256)")
+    train.add_argument("--activation", default="relu",
+                       choices=[a for a in fastmlp.ACTIVATIONS if a != "identity"])
+    train.add_argument("--solver", default="adam", choices=SOLVERS)
+    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decay "
+                       "(--solver adamw; default 0.01)")
+    train.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    train.add_argument("--batch-size", type=_positive, default=128)
+    train.add_argument("--epochs", type=_positive, default=10)
+    train.add_argument("--threads", type=_positive, help="fastmlp threads (default: physical cores)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--validation-split", type=_fraction, default=0.0,
+                       help="fraction of the training data held out and scored every epoch")
+    train.add_argument("--save", metavar="PATH", help="write the model (.safetensors)")
+    train.add_argument("--profile", action="store_true", help="print the kernel profile")
+    train.add_argument("--quiet", action="store_true", help="print the summary only")
+    train.set_defaults(run=cmd_train)
+
+    bench = sub.add_parser("bench", help="every kernel and a training step against NumPy")
+    bench.add_argument("--quick", action="store_true", help="short timings (noisier)")
+    bench.add_argument("--threads", type=_positive, help="fastmlp threads (default: physical cores)")
+    bench.add_argument("--json", metavar="FILE", help="write results and context as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="bar chart of speedups (matplotlib)")
+    bench.set_defaults(run=cmd_bench)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (datasets.DatasetError, FileNotFoundError) as e:
+        raise SystemExit(f"fastmlp {args.command}: {e}") from None
+    except FloatingPointError as e:
+        raise SystemExit(f"fastmlp {args.command}: training diverged ({e}); try a lower --lr")\
+            from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        # the reader of our output (`| head`) left: end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

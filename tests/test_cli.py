@@ -1,0 +1,150 @@
+"""The `fastmlp` command end to end: `python -m fastmlp ...` in a subprocess, run from a temporary
+directory with PYTHONPATH pointing at the package under test (not whatever a checkout in the
+working directory would shadow it with)."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import datasets
+
+PACKAGE_PARENT = str(Path(fastmlp.__file__).resolve().parent.parent)
+ACCURACY = re.compile(r"test accuracy ([\d.]+)% on ([\d,]+) samples")
+
+
+def run(args, cwd, env=None, check=True):
+    environment = dict(os.environ, PYTHONPATH=PACKAGE_PARENT, **(env or {}))
+    result = subprocess.run([sys.executable, "-m", "fastmlp", *args], cwd=cwd, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        pytest.fail(f"fastmlp {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def summary(stdout):
+    """(accuracy in %, number of test samples) from the closing summary line."""
+    match = ACCURACY.search(stdout)
+    assert match, f"no summary line in:\n{stdout}"
+    return float(match.group(1)), int(match.group(2).replace(",", ""))
+
+
+def test_version(tmp_path):
+    assert run(["--version"], tmp_path).stdout.strip() == f"fastmlp {fastmlp.__version__}"
+
+
+def test_info_json(tmp_path):
+    report = json.loads(run(["info", "--json"], tmp_path).stdout)
+    for key in ("version", "cpu", "isa", "supported_isas", "num_threads", "openmp",
+                "peak_gflops", "memory_bandwidth_gbps", "blas", "openblas_coretype"):
+        assert key in report
+    assert report["version"] == fastmlp.__version__
+    assert report["isa"] in report["supported_isas"]
+    assert set(report["peak_gflops"]) == {"1", str(report["num_threads"])}
+    assert all(gf > 0 for gf in report["peak_gflops"].values())
+    assert report["memory_bandwidth_gbps"] > 0
+
+
+def test_info_text_warns_about_forced_blas_kernel(tmp_path):
+    result = run(["info"], tmp_path, env={"OPENBLAS_CORETYPE": "Haswell"})
+    assert f"isa            {fastmlp.info()['isa']}" in result.stdout
+    assert "GFLOP/s" in result.stdout and "GB/s" in result.stdout
+    assert "OPENBLAS_CORETYPE=Haswell" in result.stderr
+
+
+def test_train_bundled_sample_and_save(tmp_path):
+    result = run(["train", "--epochs", "3", "--hidden", "32", "--limit", "2000",
+                  "--save", "model.safetensors"], tmp_path)
+    accuracy, n_test = summary(result.stdout)
+    assert n_test == 2000               # the last 2,000 images of the sample
+    assert accuracy > 75
+    # stderr is a pipe, not a terminal: one plain progress line per epoch
+    assert len(re.findall(r"^epoch \d/3 .* loss [\d.]+ [\d,]+ samples/s$", result.stderr,
+                          re.M)) == 3
+    assert "\r" not in result.stderr
+    # the saved file is the model the summary scored
+    model = fastmlp.load(tmp_path / "model.safetensors")
+    assert model.layer_sizes == [784, 32, 10]
+    images, labels = datasets.load_sample()
+    X_test = datasets.prepare_images(images[8000:])
+    predicted = model.predict(X_test).argmax(axis=1)
+    assert 100 * np.mean(predicted == labels[8000:]) == pytest.approx(accuracy, abs=0.005)
+
+
+def blobs(n, seed=0):
+    """Three well separated Gaussian blobs in 4-D, labelled 10, 20, 30 (not 0..C-1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice([10, 20, 30], n)
+    centres = {10: [2, 0, 0, 0], 20: [0, 2, 0, 0], 30: [0, 0, 2, 0]}
+    X = np.array([centres[c] for c in y], np.float32) + 0.3 * rng.standard_normal((n, 4))
+    return X.astype(np.float32), y
+
+
+def test_train_npz_with_validation_split(tmp_path):
+    X, y = blobs(500)
+    np.savez(tmp_path / "blobs.npz", X=X, y=y)
+    result = run(["train", "--data", "blobs.npz", "--epochs", "15", "--hidden", "16",
+                  "--batch-size", "32", "--validation-split", "0.1"], tmp_path)
+    accuracy, n_test = summary(result.stdout)
+    assert n_test == 100                # the default --test-split 0.2
+    assert accuracy > 90
+    assert re.search(r"^epoch 15/15 .* val acc [\d.]+%$", result.stderr, re.M)
+
+
+def test_train_csv_with_test_split_and_profile(tmp_path):
+    X, y = blobs(400, seed=1)
+    rows = ["a,b,c,d,label"] + [",".join(f"{v:.4f}" for v in x) + f",{c}" for x, c in zip(X, y)]
+    (tmp_path / "blobs.csv").write_text("\n".join(rows) + "\n")
+    result = run(["train", "--data", "blobs.csv", "--test-split", "0.25", "--epochs", "15",
+                  "--hidden", "16", "--batch-size", "32", "--solver", "rmsprop", "--profile",
+                  "--quiet"], tmp_path)
+    accuracy, n_test = summary(result.stdout)
+    assert n_test == 100
+    assert accuracy > 90
+    assert result.stderr == ""          # --quiet: no progress
+    # the kernel table of the run: the 4-16-3 net's forward GEMM and the RMSProp updates
+    assert "matmul NN 32x16x4 +bias +relu" in result.stdout
+    assert "rmsprop_update n=64" in result.stdout
+
+
+def test_train_reports_bad_data_without_traceback(tmp_path):
+    (tmp_path / "broken.npz").write_bytes(b"not a zip archive")
+    result = run(["train", "--data", "broken.npz"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "broken.npz: not a readable .npz archive" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_quick_json_and_plot(tmp_path):
+    want_plot = True
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        want_plot = False
+    args = ["bench", "--quick", "--json", "out.json"] + (["--plot", "out.png"] * want_plot)
+    run(args, tmp_path)
+    report = json.loads((tmp_path / "out.json").read_text())
+    ctx = report["context"]
+    for key in ("fastmlp_version", "isa", "threads", "cpu", "openmp", "blas", "peak_gflops"):
+        assert key in ctx
+    assert ctx["fastmlp_version"] == fastmlp.__version__
+    names = [r["name"] for r in report["results"]]
+    for kernel in ("matmul fwd", "matmul dW", "matmul dX", "bias_activation",
+                   "activation_backward", "bias_grad", "softmax_cross_entropy",
+                   "sigmoid_cross_entropy", "mse_loss", "sgd_update", "rmsprop_update",
+                   "adam_update", "train step"):
+        assert any(n.startswith(kernel) for n in names), kernel
+    for r in report["results"]:
+        assert r["flops"] > 0 and r["bytes"] > 0
+        assert r["speedup_vs_reference"] > 0
+        # NumPy's BLAS is compared on products only
+        assert (r["speedup_vs_blas"] is not None) == r["name"].startswith("matmul")
+    if want_plot:
+        assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        pytest.skip("matplotlib is not installed: the --plot part was not run")

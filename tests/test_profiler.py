@@ -1,0 +1,163 @@
+"""fastmlp.profile: exact call counts and FLOPs, for direct kernel calls and a training step.
+
+The expected numbers are written out from the formulas in fastmlp/profiler.py's docstring and
+from the kernel sequence of TrainStep._step (fastmlp/_train.pxi): per layer a forward GEMM with
+the bias (and hidden activation) fused, then backward from the last layer: dW = A^T D, db, the
+input gradient (D W^T) * act' fused for every layer but the first, and an optimizer update of W
+and of b.
+"""
+import numpy as np
+import pytest
+
+import fastmlp
+
+RELU = fastmlp.ACTIVATIONS.index("relu")
+# flag bits of a matmul record (csrc/dispatch.c): trans_a, trans_b, bias, act << 3, grad_act << 6
+TRANS_A, TRANS_B, BIAS = 1, 2, 4
+PEAK = 100.0    # a fixed peak: these tests check counts, not speed, and skip the measurement
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def by_key(prof):
+    """Records keyed by (kernel, flags, m, n, k)."""
+    return {(r["kernel"], r["flags"], r["m"], r["n"], r["k"]): r for r in prof.records}
+
+
+def test_direct_calls_counted_exactly():
+    rng = np.random.default_rng(0)
+    a, w = f32(rng, 64, 784), f32(rng, 784, 32)
+    h, w2, b2 = f32(rng, 64, 32), f32(rng, 32, 10), f32(rng, 10)
+    dz = f32(rng, 64, 10)
+    p, g, m, v = f32(rng, 320), f32(rng, 320), np.zeros(320, np.float32), np.zeros(320, np.float32)
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        fastmlp.matmul(a, w)
+        fastmlp.matmul(a, w)
+        fastmlp.matmul(h, w2, bias=b2, activation="relu")
+        fastmlp.bias_grad(dz)
+        fastmlp.adam_update(p, g, m, v, step=1, lr=1e-3)
+    rows = by_key(prof)
+    assert len(rows) == 4
+    plain = rows[("matmul", 0, 64, 32, 784)]
+    assert plain["calls"] == 2
+    assert plain["flops"] == 2 * (2 * 64 * 32 * 784)
+    assert plain["bytes"] == 2 * 4 * (64 * 784 + 784 * 32 + 64 * 32)
+    fused = rows[("matmul", BIAS | RELU << 3, 64, 10, 32)]
+    assert fused["calls"] == 1
+    assert fused["flops"] == 2 * 64 * 10 * 32
+    assert fused["bytes"] == 4 * (64 * 32 + 32 * 10 + 64 * 10 + 10)
+    assert fused["name"] == "matmul NN 64x10x32 +bias +relu"
+    bg = rows[("bias_grad", 0, 64, 10, 0)]
+    assert (bg["calls"], bg["flops"], bg["bytes"]) == (1, 64 * 10, 4 * (64 * 10 + 10))
+    adam = rows[("adam_update", 0, 0, 320, 0)]
+    assert (adam["calls"], adam["flops"], adam["bytes"]) == (1, 14 * 320, 4 * 7 * 320)
+    for r in prof.records:
+        assert r["seconds"] > 0
+        assert r["mean_seconds"] == pytest.approx(r["seconds"] / r["calls"])
+        assert r["gflops"] == pytest.approx(r["flops"] / r["seconds"] * 1e-9)
+        assert r["percent_of_peak"] == pytest.approx(100 * r["gflops"] / PEAK)
+
+
+def expected_train_step(n_in, n_hidden, n_out, batch):
+    """{(kernel, flags, m, n, k): (calls, flops)} of one Adam TrainStep of a n_in-n_hidden-n_out
+    ReLU net with softmax cross-entropy."""
+    M = batch
+    return {
+        # forward
+        ("matmul", BIAS | RELU << 3, M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
+        ("matmul", BIAS, M, n_out, n_hidden): (1, 2 * M * n_out * n_hidden),
+        ("softmax_cross_entropy", 0, M, n_out, 0): (1, 4 * M * n_out),
+        # backward, output layer: dW1 = H^T D, db1, dH = (D W1^T) * relu'(H), updates
+        ("matmul", TRANS_A, n_hidden, n_out, M): (1, 2 * n_hidden * n_out * M),
+        ("bias_grad", 0, M, n_out, 0): (1, M * n_out),
+        ("matmul", TRANS_B | RELU << 6, M, n_hidden, n_out): (1, 2 * M * n_hidden * n_out),
+        ("adam_update", 0, 0, n_hidden * n_out, 0): (1, 14 * n_hidden * n_out),
+        ("adam_update", 0, 0, n_out, 0): (1, 14 * n_out),
+        # backward, first layer: no input gradient
+        ("matmul", TRANS_A, n_in, n_hidden, M): (1, 2 * n_in * n_hidden * M),
+        ("bias_grad", 0, M, n_hidden, 0): (1, M * n_hidden),
+        ("adam_update", 0, 0, n_in * n_hidden, 0): (1, 14 * n_in * n_hidden),
+        ("adam_update", 0, 0, n_hidden, 0): (1, 14 * n_hidden),
+    }
+
+
+def check_train_step(prof):
+    expected = expected_train_step(784, 32, 10, 64)
+    got = {key: (r["calls"], r["flops"]) for key, r in by_key(prof).items()}
+    assert got == expected
+    gemms = [r for r in prof.records if r["kernel"] == "matmul"]
+    # 2 forward GEMMs, a dW per layer, a dX for the second layer only
+    assert sum(r["calls"] for r in gemms) == 5
+    assert sum(r["flops"] for r in gemms) == 2 * 64 * (2 * 784 * 32 + 3 * 32 * 10)
+
+
+def mnist_like_batch(rng):
+    return rng.random((64, 784), np.float32), rng.integers(0, 10, 64).astype(np.int32)
+
+
+def test_train_step_counts_exact():
+    rng = np.random.default_rng(1)
+    params = [f32(rng, 784, 32) * 0.05, np.zeros(32, np.float32),
+              f32(rng, 32, 10) * 0.1, np.zeros(10, np.float32)]
+    step = fastmlp.TrainStep(params, ["relu"], "softmax", 64)
+    X, y = mnist_like_batch(rng)
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        step.run(X, y, lr=1e-3)
+    check_train_step(prof)
+
+
+def test_estimator_partial_fit_batch_counts_exact():
+    pytest.importorskip("sklearn")
+    X, y = mnist_like_batch(np.random.default_rng(2))
+    y[:10] = np.arange(10)      # every class present: a softmax output of 10 units
+    clf = fastmlp.MLPClassifier((32,), batch_size=64, random_state=0)
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        clf.partial_fit(X, y, classes=np.arange(10))
+    check_train_step(prof)
+
+
+def test_off_records_nothing():
+    rng = np.random.default_rng(3)
+    a = f32(rng, 8, 8)
+    fastmlp.matmul(a, a)                    # outside any profile
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        pass
+    assert prof.records == []
+    assert prof.total_seconds == 0
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        fastmlp.matmul(a, a)
+    fastmlp.matmul(a, a)                    # after the block: not added to it
+    assert [r["calls"] for r in prof.records] == [1]
+
+
+def test_profiles_do_not_nest():
+    a = np.ones((4, 4), np.float32)
+    with fastmlp.profile(peak_gflops=PEAK) as outer:
+        with pytest.raises(RuntimeError, match="nest"):
+            with fastmlp.profile(peak_gflops=PEAK):
+                pass
+        fastmlp.matmul(a, a)
+    assert [r["calls"] for r in outer.records] == [1]
+    with fastmlp.profile(peak_gflops=PEAK) as again:     # the failed inner one left no trace
+        fastmlp.matmul(a, a)
+    assert [r["calls"] for r in again.records] == [1]
+
+
+def test_table_and_to_dict_hold_the_rows():
+    rng = np.random.default_rng(4)
+    z, dz = f32(rng, 16, 8), f32(rng, 16, 8)
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        fastmlp.bias_activation(z, None, "tanh")
+        fastmlp.bias_grad(dz)
+    table = prof.table()
+    assert "bias_activation tanh 16x8" in table
+    assert "bias_grad 16x8" in table
+    assert f"{PEAK:.1f} GFLOP/s" in table
+    d = prof.to_dict()
+    assert d["isa"] == fastmlp.info()["isa"]
+    assert d["peak_gflops"] == PEAK
+    assert sorted(r["name"] for r in d["records"]) == ["bias_activation tanh 16x8",
+                                                       "bias_grad 16x8"]
+    assert d["total_seconds"] == pytest.approx(sum(r["seconds"] for r in d["records"]))
