@@ -1,8 +1,8 @@
 """GEMM speed report: fastmlp against NumPy's BLAS, side by side in one run.
 
 For each shape it prints GFLOP/s, % of the FMA peak measured on this machine, and the ratio to
-NumPy (and to the unfused NumPy sequence for fused products). Each case alternates fastmlp and
-NumPy runs and reports medians, so drift on a shared machine hits both alike.
+NumPy (and to the unfused NumPy sequence for fused products): medians of blocks of timings,
+fastmlp and NumPy in turn, three rounds, so drift on a shared machine hits both alike.
 
     env -u OPENBLAS_CORETYPE python benchmarks/gemm_report.py [--threads 2] [--json out.json]
 
@@ -91,11 +91,16 @@ def run_case(case, rng, repeats):
         theirs = lambda: np.matmul(A, B, out=out)  # noqa: E731
     flops = 2.0 * M * N * K
     number = max(1, int(0.05 / max(flops / 100e9, 1e-7)))  # ~50 ms per timing at 100 GFLOP/s
-    ours(), theirs()
     t_ours, t_theirs = [], []
-    for _ in range(repeats):
-        t_ours.append(timed(ours, number))
-        t_theirs.append(timed(theirs, number))
+    rounds = 3
+    for r in range(rounds):
+        # Blocks, not alternating single timings: OpenBLAS's threads busy-wait for tens of ms
+        # after a call (libgomp's for less), and would take a core from whichever ran next. The
+        # pause lets the other pool's threads go to sleep; rounds spread drift over both.
+        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
+            time.sleep(0.15)
+            fn()
+            times.extend(timed(fn, number) for _ in range(max(1, repeats // rounds)))
     to, tt = float(np.median(t_ours)), float(np.median(t_theirs))
     return dict(name=name, M=M, N=N, K=K, trans_a=ta, trans_b=tb, fused=fused,
                 fastmlp_seconds=to, numpy_seconds=tt, fastmlp_gflops=flops / to * 1e-9,
