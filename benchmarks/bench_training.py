@@ -3,8 +3,9 @@
 Setup (issue 4): the 10,000 MNIST test images from --data (first 8,000 train, last 2,000 test),
 784-512-256-10 ReLU, Adam lr 1e-3, 3 epochs, float32, no L2 (alpha=0 everywhere: the NumPy and
 PyTorch loops have none), batch sizes 128 and 32. Every framework trains the same number of
-samples; samples/s is 3 * 8,000 / the wall time of training (medians of --repeats runs).
-Frameworks run one after the other; PyTorch is imported last (it brings its own OpenMP runtime).
+samples; samples/s is 3 * 8,000 / the wall time of training (medians of --repeats runs, the
+frameworks interleaved, after one untimed warm-up each). PyTorch is imported last (it brings its
+own OpenMP runtime).
 
     env -u OPENBLAS_CORETYPE python benchmarks/bench_training.py [--repeats 3] [--json out.json]
 """
@@ -185,19 +186,26 @@ def main():
         runners["torch"] = run_torch
     except ImportError:
         print("PyTorch not installed: skipped")
+    runners = {name: run for name, run in runners.items() if name not in args.skip}
     results = {}
     for batch in args.batch_sizes:
-        for name, run in runners.items():
-            if name in args.skip:
-                continue
-            times, accs = [], []
-            for r in range(args.repeats):
+        times = {name: [] for name in runners}
+        accs = {name: [] for name in runners}
+        for name, run in runners.items():  # warm-up: first-call costs (imports, page faults)
+            run(X[:1024], y[:1024], Xt, yt, batch, 0, args.threads)
+        # Repeats interleave the frameworks so drift hits all alike; the pause before each run
+        # lets the previous framework's thread pool stop busy-waiting (OpenBLAS's threads spin
+        # for tens of ms after a call and would take a core from the next run).
+        for r in range(args.repeats):
+            for name, run in runners.items():
+                time.sleep(0.5)
                 seconds, acc = run(X, y, Xt, yt, batch, r, args.threads)
-                times.append(seconds)
-                accs.append(acc)
-            sps = EPOCHS * len(X) / statistics.median(times)
+                times[name].append(seconds)
+                accs[name].append(acc)
+        for name in runners:
             results.setdefault(str(batch), {})[name] = dict(
-                samples_per_s=sps, seconds=times, accuracy=statistics.median(accs))
+                samples_per_s=EPOCHS * len(X) / statistics.median(times[name]),
+                seconds=times[name], accuracy=statistics.median(accs[name]))
     print(f"\n{'batch':>5} {'framework':>9} {'samples/s':>10} {'fastmlp x':>9} {'test acc':>8}")
     for batch, rows in results.items():
         base = rows.get("fastmlp", {}).get("samples_per_s")

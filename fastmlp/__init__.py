@@ -40,8 +40,8 @@ _threads.configure(_kernels)
 
 
 def info():
-    """What fastmlp runs with: version, ISA in use and supported, threads, OpenMP runtime, GEMM
-    block sizes."""
+    """What fastmlp runs with: version, ISA in use and supported, threads, CPU model, OpenMP
+    runtime, GEMM block sizes."""
     from threadpoolctl import threadpool_info
 
     openmp = [
@@ -56,6 +56,7 @@ def info():
         "supported_isas": list(_kernels.supported_isas()),
         "num_threads": get_num_threads(),
         "physical_cores": _threads.physical_cores(),
+        "cpu": _threads.cpu_model(),
         "openmp": openmp[0] if openmp else None,
         "gemm_blocks": _kernels.gemm_blocks(),
     }

@@ -7,7 +7,6 @@ recomputed here: each case is run once under fastmlp.profile(), whose formulas a
 definition of a kernel's work.
 """
 import os
-import platform
 import time
 
 import numpy as np
@@ -24,18 +23,6 @@ BATCH = 128
 # ---- context --------------------------------------------------------------------------------
 
 
-def cpu_model():
-    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def blas_info():
     """NumPy's BLAS libraries as threadpoolctl sees them, with the kernel architecture in use."""
     return [dict(internal_api=i.get("internal_api"), version=i.get("version"),
@@ -49,7 +36,7 @@ def context():
     machine = info()
     return dict(fastmlp_version=__version__, isa=machine["isa"],
                 supported_isas=machine["supported_isas"], threads=machine["num_threads"],
-                cpu=cpu_model(), openmp=machine["openmp"], blas=blas_info(),
+                cpu=machine["cpu"], openmp=machine["openmp"], blas=blas_info(),
                 openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
 
 

@@ -6,6 +6,7 @@ both act through OpenMP's per-thread limit. An explicit OMP_NUM_THREADS is obeye
 core count: the user asked for it.
 """
 import os
+import platform
 
 
 def physical_cores():
@@ -56,3 +57,15 @@ def configure(kernels):
 
     omp_env = os.environ.get("OMP_NUM_THREADS", "").strip()
     kernels._configure_threads(0 if omp_env else physical_cores())
+
+
+def cpu_model():
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

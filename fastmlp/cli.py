@@ -33,7 +33,7 @@ def machine_report():
     report = fastmlp.info()
     threads = report["num_threads"]
     report.update(
-        cpu=_bench.cpu_model(),
+        cpu=fastmlp.info()["cpu"],
         peak_gflops={str(n): fastmlp.measure_peak_gflops(0.2, n) for n in sorted({1, threads})},
         memory_bandwidth_gbps=_bench.memory_bandwidth_gbps(),
         blas=_bench.blas_info(),

@@ -8,7 +8,8 @@ simple, it keeps the runtime dependencies to NumPy, and every byte read goes thr
 validation below (the same files load with ``safetensors.numpy.load_file``).
 
 Tensors: ``coefs.{i}`` (n_i, n_{i+1}) and ``intercepts.{i}`` (n_{i+1},), float32.
-``__metadata__["fastmlp"]`` is a JSON document: format_version, fastmlp_version, kind
+``__metadata__["fastmlp"]`` is a JSON document: format_version, fastmlp_version, trained_with
+(ISA, threads, CPU model and OpenMP runtime of the process that saved it), kind
 ("MLP", "MLPClassifier", "MLPRegressor"), layer_sizes, activations (hidden layers),
 out_activation, and per kind: hyperparameters and fitted attributes (estimators), classes with
 their dtype (classifier), init / dropout / seed (MLP).
@@ -64,7 +65,11 @@ def _describe(model):
     """(metadata dict, [W0, b0, ...]) of a model or fitted estimator."""
     from .model import MLP
     from . import __version__
-    meta = {"format_version": FORMAT_VERSION, "fastmlp_version": __version__}
+    from . import info
+    machine = info()
+    # Where the model came from, for reports; informational, not checked on load.
+    meta = {"format_version": FORMAT_VERSION, "fastmlp_version": __version__,
+            "trained_with": {k: machine[k] for k in ("isa", "num_threads", "cpu", "openmp")}}
     if isinstance(model, MLP):
         meta.update(kind="MLP", layer_sizes=model.layer_sizes, activations=model.activations,
                     out_activation=model.output_activation, init=model.init,

@@ -390,6 +390,17 @@ def test_save_load_round_trips(saved, clf_data, reg_data, tmp_path):
     assert back.seed == model.seed and back.dropout == model.dropout
 
 
+def test_saved_model_records_its_context(saved):
+    import json
+    import struct
+    raw = saved[2]
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    doc = json.loads(header["__metadata__"]["fastmlp"])
+    machine = fastmlp.info()
+    assert doc["fastmlp_version"] == fastmlp.__version__
+    assert doc["trained_with"] == {k: machine[k] for k in ("isa", "num_threads", "cpu", "openmp")}
+
+
 def _rewrite_meta(raw, edit):
     """raw file bytes with the fastmlp metadata document edited by edit(dict)."""
     import json
