@@ -12,14 +12,14 @@ which kernel that is and warns when OPENBLAS_CORETYPE forces one.
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 import fastmlp
 from fastmlp import _kernels
+from fastmlp._bench import blas_info
 
 # name, M, N, K, trans_a, trans_b, fused epilogue ("relu" = bias + relu, "mask" = relu backward)
 CASES = [
@@ -43,24 +43,6 @@ CASES = [
     ("fused relu(XW+b) 128x784x512", 128, 512, 784, False, False, "relu"),
     ("fused (dY W^T)*[Y>0] 128x512x256", 128, 512, 256, False, True, "mask"),
 ]
-
-
-def blas_info():
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return [dict(internal_api=i.get("internal_api"), version=i.get("version"),
-                 architecture=i.get("architecture"), num_threads=i.get("num_threads"),
-                 filepath=os.path.basename(i.get("filepath", ""))) for i in blas]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def timed(fn, number):
@@ -123,10 +105,10 @@ def main():
     with threadpool_limits(limits=args.threads, user_api="blas"):
         blas = blas_info()
         print(f"fastmlp {fastmlp.__version__}, isa {_kernels.get_isa()}, threads {args.threads}, "
-              f"cpu {cpu_model()}")
+              f"cpu {fastmlp.info()['cpu']}")
         for b in blas:
             print(f"NumPy BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
-                  f"{b['num_threads']} threads ({b['filepath']})")
+                  f"{b['num_threads']} threads ({b['library']})")
         if coretype:
             print(f"WARNING: OPENBLAS_CORETYPE={coretype} forces NumPy's BLAS kernel; speed claims "
                   "are made with it unset (env -u OPENBLAS_CORETYPE)")
@@ -147,7 +129,7 @@ def main():
                   f"{r['ratio']:5.2f}x", flush=True)
     if args.json:
         context = dict(fastmlp_version=fastmlp.__version__, isa=_kernels.get_isa(),
-                       threads=args.threads, cpu=cpu_model(), blas=blas,
+                       threads=args.threads, cpu=fastmlp.info()['cpu'], blas=blas,
                        openblas_coretype=coretype, peak_gflops=peak,
                        openmp=fastmlp.info()["openmp"], gemm_blocks=_kernels.gemm_blocks())
         with open(args.json, "w") as f:
