@@ -288,7 +288,7 @@ def plot(results, ctx, path):
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:g}x"))
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c, label=g)
                        for g, c in colours.items() if any(r["group"] == g for r in results)],
-              loc="lower right", fontsize=8)
+              loc="best", fontsize=8)  # "best" keeps it off the bars and their labels
     ax.axvline(1.0, color="black", linewidth=0.8)
     for bar, s in zip(bars, speedups):
         ax.annotate(f"{s:.1f}x", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
