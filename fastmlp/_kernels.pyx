@@ -138,7 +138,9 @@ def gemm_blocks(str isa=None):
 
 
 def set_gemm_blocks(str isa, int kc, int mc, int nc):
-    """Override the cache blocks of an ISA path (for tuning; FASTMLP_GEMM_KC/MC/NC at import)."""
+    """Override the cache blocks of an ISA path (for tuning; FASTMLP_GEMM_KC/MC/NC at import).
+    Call it before creating any TrainStep: a TrainStep sizes its GEMM workspace once, for the
+    blocks in force then (fm_sgemm_work_size)."""
     if fm_set_blocks(_isa_index(isa), kc, mc, nc) != FM_OK:
         raise ValueError(f"GEMM blocks out of range: kc={kc} (1..8192), mc={mc} (1..8192), "
                          f"nc={nc} (1..65536)")
