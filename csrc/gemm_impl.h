@@ -47,6 +47,35 @@ static inline ptrdiff_t a_cs(const gemm_args *g) { return g->ta ? g->lda : 1; }
 
 static inline ptrdiff_t min_pd(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 
+/* Shuffle mask of one interleave stage: rows x, y -> lanes taken b at a time, alternately from
+ * x and y (hi: the second b of each 2b group). A constant once vtranspose is unrolled. */
+static inline vi interleave_mask(int b, int hi)
+{
+    vi m;
+    for (int l = 0; l < VLEN; l++) {
+        int q = l / (2 * b), w = l % (2 * b);
+        m[l] = (w < b ? 0 : VLEN - b) + q * 2 * b + w + (hi ? b : 0);
+    }
+    return m;
+}
+
+/* r[VLEN] rows of a VLEN x VLEN block -> its transpose, in log2(VLEN) stages of two-source
+ * shuffles (stage b pairs rows i and i + b). One source for every vector width. */
+static inline __attribute__((always_inline)) void vtranspose(vf r[VLEN])
+{
+#pragma GCC unroll 8
+    for (int b = VLEN / 2; b >= 1; b /= 2) {
+        vi lo = interleave_mask(b, 0), hi = interleave_mask(b, 1);
+#pragma GCC unroll 16
+        for (int i = 0; i < VLEN; i++) {
+            if (i & b) continue;
+            vf x = r[i], y = r[i + b];
+            r[i] = __builtin_shuffle(x, y, lo);
+            r[i + b] = __builtin_shuffle(x, y, hi);
+        }
+    }
+}
+
 /* op(A)[i0 : i0+mc, k0 : k0+kc] -> MR-row micro-panels (contract 1). */
 static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0, ptrdiff_t kc,
                    float *restrict dst)
@@ -78,15 +107,21 @@ static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0,
     for (ptrdiff_t jp = 0; jp < nc; jp += FM_NR, dst += kc * FM_NR) {
         int nr = (int)min_pd(FM_NR, nc - jp);
         if (g->tb) {
-            /* op(B) = B^T: each column of the panel is a contiguous row of B. Transposed in
-             * blocks of VLEN k-steps so the rows being written (VLEN x NR floats) stay in L1;
-             * column by column over the whole panel (kc x NR, larger than L1) thrashed it. */
+            /* op(B) = B^T: each column of the panel is a contiguous row of B. VLEN x VLEN
+             * blocks go through registers (vtranspose), and the rows being written
+             * (VLEN x NR floats) stay in L1. */
             const float *src = g->B + (j0 + jp) * g->ldb + k0;
             for (ptrdiff_t k = 0; k < kc; k += VLEN) {
                 int kn = (int)min_pd(VLEN, kc - k);
-                for (int j = 0; j < FM_NR; j++) {
-                    vf x = j < nr ? vload_n(src + j * g->ldb + k, kn) : vsplat(0.0f);
-                    for (int t = 0; t < kn; t++) dst[(k + t) * FM_NR + j] = x[t];
+                for (int jv = 0; jv < FM_NR; jv += VLEN) {
+                    vf r[VLEN];
+#pragma GCC unroll 16
+                    for (int t = 0; t < VLEN; t++)
+                        r[t] = jv + t < nr ? vload_n(src + (jv + t) * g->ldb + k, kn) : vsplat(0.0f);
+                    vtranspose(r);
+#pragma GCC unroll 16
+                    for (int t = 0; t < VLEN; t++)
+                        if (t < kn) vstore(dst + (k + t) * FM_NR + jv, r[t]);
                 }
             }
         } else {
