@@ -206,13 +206,20 @@ static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, 
             ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
         else
             ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
-    } else {
+    } else if (ars == 1) { /* A^T in place: the MR values of one k are contiguous */
         if (full)
-            ukernel_product(kc, a, ars, acs, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
+            ukernel_product(kc, a, 1, acs, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
         else if (narrow)
-            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
+            ukernel_product(kc, a, 1, acs, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
         else
-            ukernel_product(kc, a, ars, acs, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
+            ukernel_product(kc, a, 1, acs, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
+    } else { /* A in place, row-major: MR row streams */
+        if (full)
+            ukernel_product(kc, a, ars, 1, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
+        else if (narrow)
+            ukernel_product(kc, a, ars, 1, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
+        else
+            ukernel_product(kc, a, ars, 1, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
     }
 }
 
