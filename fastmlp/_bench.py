@@ -74,6 +74,9 @@ def compare(fns, target_seconds, repeats):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            # OpenBLAS's threads busy-wait for tens of ms after a call (libgomp's for less) and
+            # would take a core from whichever function ran next: let them go to sleep first.
+            time.sleep(0.15)
             times[name].append(_seconds_per_call(fn, numbers[name]))
     return {name: float(np.median(t)) for name, t in times.items()}
 
