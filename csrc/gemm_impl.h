@@ -14,8 +14,9 @@
  *     always runs full MR rows and never reads outside the operand.
  *  2. B is either packed (kc steps of NR floats, zero-padded past N) or read in place from a
  *     row-major op(B) (row stride ldb); in place, the last panel's loads are masked to nb columns.
- *     Only a transposed B must be packed. With few B panels (an MLP's narrow layers) nothing
- *     else is packed: that is the small-problem path.
+ *     A transposed B must be packed; a row-major one is packed only when its rows are a page
+ *     or more apart and A has rows enough to amortise the copy (see sgemm). With few B panels
+ *     (an MLP's narrow layers) A is not packed either: that is the small-problem path.
  *  3. Accumulators start at zero for every K block and add products in k order with one FMA
  *     each; C is combined as alpha*s + beta*C on the first block and C + alpha*s on later ones.
  *     Nothing here depends on M, on the tile's position or on the thread count (fastmlp.h rule 4).
