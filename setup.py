@@ -2,7 +2,7 @@
 
 Every ISA path (generic, AVX2+FMA, AVX-512) is compiled into the same binary: the ISA-specific
 translation units use target pragmas, so the baseline flags below stay portable. Never add
--march=native, -ffast-math or -Ofast (see README, "Building").
+flags that tune for the build machine's CPU or relax IEEE arithmetic (see README, "Building").
 """
 import os
 
