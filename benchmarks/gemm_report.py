@@ -1,8 +1,9 @@
 """GEMM speed report: fastmlp against NumPy's BLAS, side by side in one run.
 
 For each shape it prints GFLOP/s, % of the FMA peak measured on this machine, and the ratio to
-NumPy (and to the unfused NumPy sequence for fused products): medians of blocks of timings,
-fastmlp and NumPy in turn, three rounds, so drift on a shared machine hits both alike.
+NumPy (and to the unfused NumPy sequence for fused products): medians of ~50 ms blocks of
+timings, fastmlp and NumPy in turn with a pause between them (fastmlp._bench.compare), so drift
+on a shared machine hits both alike.
 
     env -u OPENBLAS_CORETYPE python benchmarks/gemm_report.py [--threads 2] [--json out.json]
 
@@ -12,14 +13,13 @@ which kernel that is and warns when OPENBLAS_CORETYPE forces one.
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastmlp
 from fastmlp import _kernels
-from fastmlp._bench import blas_info
+from fastmlp._bench import blas_info, compare
 
 # name, M, N, K, trans_a, trans_b, fused epilogue ("relu" = bias + relu, "mask" = relu backward)
 CASES = [
@@ -45,13 +45,6 @@ CASES = [
 ]
 
 
-def timed(fn, number):
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
-
-
 def run_case(case, rng, repeats):
     name, M, N, K, ta, tb, fused = case
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
@@ -72,18 +65,8 @@ def run_case(case, rng, repeats):
         ours = lambda: fastmlp.matmul(a, b, trans_a=ta, trans_b=tb, out=out)  # noqa: E731
         theirs = lambda: np.matmul(A, B, out=out)  # noqa: E731
     flops = 2.0 * M * N * K
-    number = max(1, int(0.05 / max(flops / 100e9, 1e-7)))  # ~50 ms per timing at 100 GFLOP/s
-    t_ours, t_theirs = [], []
-    rounds = 3
-    for r in range(rounds):
-        # Blocks, not alternating single timings: OpenBLAS's threads busy-wait for tens of ms
-        # after a call (libgomp's for less), and would take a core from whichever ran next. The
-        # pause lets the other pool's threads go to sleep; rounds spread drift over both.
-        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
-            time.sleep(0.15)
-            fn()
-            times.extend(timed(fn, number) for _ in range(max(1, repeats // rounds)))
-    to, tt = float(np.median(t_ours)), float(np.median(t_theirs))
+    t = compare(dict(ours=ours, theirs=theirs), target_seconds=0.05, repeats=repeats)
+    to, tt = t["ours"], t["theirs"]
     return dict(name=name, M=M, N=N, K=K, trans_a=ta, trans_b=tb, fused=fused,
                 fastmlp_seconds=to, numpy_seconds=tt, fastmlp_gflops=flops / to * 1e-9,
                 numpy_gflops=flops / tt * 1e-9, ratio=tt / to)
