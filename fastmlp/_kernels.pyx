@@ -400,6 +400,8 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
     if labels.shape != (M,):
         raise ValueError(f"labels must have shape ({M},), got {labels.shape}")
+    # Checked before the int32 conversion, which would wrap a label such as 2**32 into range;
+    # the kernel checks again (rule 7), for callers that reach it without this binding.
     if M and (labels.min() < 0 or labels.max() >= N):
         raise ValueError(f"labels must be in [0, {N}), got values in "
                          f"[{labels.min()}, {labels.max()}]")

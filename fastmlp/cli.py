@@ -29,11 +29,10 @@ SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
 
 
 def machine_report():
-    """fastmlp.info() plus the CPU model, measured peaks, memory bandwidth and NumPy's BLAS."""
+    """fastmlp.info() plus measured peaks, memory bandwidth and NumPy's BLAS."""
     report = fastmlp.info()
     threads = report["num_threads"]
     report.update(
-        cpu=fastmlp.info()["cpu"],
         peak_gflops={str(n): fastmlp.measure_peak_gflops(0.2, n) for n in sorted({1, threads})},
         memory_bandwidth_gbps=_bench.memory_bandwidth_gbps(),
         blas=_bench.blas_info(),

@@ -43,7 +43,6 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 SOLVERS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop"}
 SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
-HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu", "gelu")
 
 
 class _NumThreads:
@@ -112,8 +111,8 @@ class _BaseMLP(BaseEstimator):
             bad("hidden_layer_sizes", "a positive int or a sequence of positive ints")
         acts = [self.activation] * len(sizes) if isinstance(self.activation, str) \
             else list(self.activation)
-        if len(acts) != len(sizes) or not all(a in HIDDEN_ACTIVATIONS for a in acts):
-            bad("activation", f"one of {HIDDEN_ACTIVATIONS} or a list of them, one per hidden "
+        if len(acts) != len(sizes) or not all(a in _kernels.ACTIVATIONS for a in acts):
+            bad("activation", f"one of {_kernels.ACTIVATIONS} or a list of them, one per hidden "
                 "layer")
         if self.solver not in SOLVERS:
             bad("solver", f"one of {tuple(SOLVERS)}")
