@@ -77,6 +77,24 @@ static inline __attribute__((always_inline)) void vtranspose(vf r[VLEN])
     }
 }
 
+/* Store lanes [0, MR) of the MR-row groups r[g] (VLEN rows each) as step k of an A micro-panel
+ * of kc steps. The last group's vector may be wider than the rows it holds: it is stored whole
+ * and its spill into step k + 1 is overwritten by that step's own (later) store; only the
+ * panel's last step is stored masked, so nothing is written past the panel. */
+#define A_GROUPS ((FM_MR + VLEN - 1) / VLEN)
+static inline __attribute__((always_inline)) void
+store_a_step(float *restrict dst, ptrdiff_t k, ptrdiff_t kc, const vf *r)
+{
+#pragma GCC unroll 4
+    for (int q = 0; q < A_GROUPS; q++) {
+        int w = FM_MR - q * VLEN;
+        if (w >= VLEN || k + 1 < kc)
+            vstore(dst + k * FM_MR + q * VLEN, r[q]);
+        else
+            vstore_n(dst + k * FM_MR + q * VLEN, r[q], w);
+    }
+}
+
 /* op(A)[i0 : i0+mc, k0 : k0+kc] -> MR-row micro-panels (contract 1). */
 static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0, ptrdiff_t kc,
                    float *restrict dst)
@@ -86,17 +104,38 @@ static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0,
         if (g->ta) { /* op(A) = A^T: the MR values of one k are contiguous in A */
             const float *src = g->A + k0 * g->lda + (i0 + ip);
             for (ptrdiff_t k = 0; k < kc; k++) {
-                int i = 0;
-                for (; i < mr; i++) dst[k * FM_MR + i] = src[k * g->lda + i];
-                for (; i < FM_MR; i++) dst[k * FM_MR + i] = 0.0f;
+                vf r[A_GROUPS];
+#pragma GCC unroll 4
+                for (int q = 0; q < A_GROUPS; q++)
+                    r[q] = vload_n(src + k * g->lda + q * VLEN, mr - q * VLEN);
+                store_a_step(dst, k, kc, r);
             }
-        } else { /* MR row streams, each contiguous in k */
+        } else {
+            /* MR row streams, each contiguous in k: VLEN x VLEN blocks are transposed in
+             * registers (a scalar gather of one k across MR rows cost 10% of a square
+             * product). Rows past mr are zeros. */
             const float *src = g->A + (i0 + ip) * g->lda + k0;
-            int i = 0;
-            for (; i < mr; i++)
-                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_MR + i] = src[i * g->lda + k];
-            for (; i < FM_MR; i++)
-                for (ptrdiff_t k = 0; k < kc; k++) dst[k * FM_MR + i] = 0.0f;
+            for (ptrdiff_t k = 0; k < kc; k += VLEN) {
+                int kn = (int)min_pd(VLEN, kc - k);
+                vf r[A_GROUPS][VLEN], step[A_GROUPS];
+#pragma GCC unroll 4
+                for (int q = 0; q < A_GROUPS; q++) {
+#pragma GCC unroll 16
+                    for (int t = 0; t < VLEN; t++) {
+                        int i = q * VLEN + t;
+                        const float *p = src + i * g->lda + k;
+                        r[q][t] = i >= mr ? vsplat(0.0f) : kn == VLEN ? vload(p) : vload_n(p, kn);
+                    }
+                    vtranspose(r[q]);
+                }
+#pragma GCC unroll 16
+                for (int t = 0; t < VLEN; t++) {
+                    if (t >= kn) break;
+#pragma GCC unroll 4
+                    for (int q = 0; q < A_GROUPS; q++) step[q] = r[q][t];
+                    store_a_step(dst, k + t, kc, step);
+                }
+            }
         }
     }
 }
