@@ -66,9 +66,10 @@ typedef struct {
  * A: IN, stored [M,K] (lda) or, with trans_a, [K,M]. B: IN, stored [K,N] (ldb) or, with trans_b,
  * [N,K]. C: INOUT [M,N] (ldc); with beta == 0 C is not read (NaN in it does not propagate).
  * ep: IN or NULL. work: scratch of fm_sgemm_work_size(nthreads) floats, or NULL to allocate per
- * call. Summation order (rule 4): K is cut into blocks of the ISA's KC; each block's products
- * are accumulated in k order with FMAs from zero, and C = alpha*s0 + beta*C, C += alpha*s_b for
- * the later blocks, then the epilogue. Returns FM_OK or FM_ENOMEM. */
+ * call. Summation order (rule 4): K is cut into the fewest blocks of at most the ISA's KC, all
+ * of one length but the last, which may be shorter; each block's products are accumulated in k
+ * order with FMAs from zero, and C = alpha*s0 + beta*C, C += alpha*s_b for the later blocks,
+ * then the epilogue. Returns FM_OK or FM_ENOMEM. */
 int fm_sgemm(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
              const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
              float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads);
