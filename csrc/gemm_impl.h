@@ -48,6 +48,7 @@ static inline ptrdiff_t a_cs(const gemm_args *g) { return g->ta ? g->lda : 1; }
 
 static inline ptrdiff_t min_pd(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 
+#ifndef FM_NATIVE_VTRANSPOSE
 /* Shuffle mask of one interleave stage: rows x, y -> lanes taken b at a time, alternately from
  * x and y (hi: the second b of each 2b group). A constant once vtranspose is unrolled. */
 static inline vi interleave_mask(int b, int hi)
@@ -76,6 +77,7 @@ static inline __attribute__((always_inline)) void vtranspose(vf r[VLEN])
         }
     }
 }
+#endif
 
 /* Store lanes [0, MR) of the MR-row groups r[g] (VLEN rows each) as step k of an A micro-panel
  * of kc steps. The last group's vector may be wider than the rows it holds: it is stored whole
@@ -85,7 +87,6 @@ static inline __attribute__((always_inline)) void vtranspose(vf r[VLEN])
 static inline __attribute__((always_inline)) void
 store_a_step(float *restrict dst, ptrdiff_t k, ptrdiff_t kc, const vf *r)
 {
-#pragma GCC unroll 4
     for (int q = 0; q < A_GROUPS; q++) {
         int w = FM_MR - q * VLEN;
         if (w >= VLEN || k + 1 < kc)
@@ -105,7 +106,6 @@ static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0,
             const float *src = g->A + k0 * g->lda + (i0 + ip);
             for (ptrdiff_t k = 0; k < kc; k++) {
                 vf r[A_GROUPS];
-#pragma GCC unroll 4
                 for (int q = 0; q < A_GROUPS; q++)
                     r[q] = vload_n(src + k * g->lda + q * VLEN, mr - q * VLEN);
                 store_a_step(dst, k, kc, r);
@@ -118,20 +118,18 @@ static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0,
             for (ptrdiff_t k = 0; k < kc; k += VLEN) {
                 int kn = (int)min_pd(VLEN, kc - k);
                 vf r[A_GROUPS][VLEN], step[A_GROUPS];
-#pragma GCC unroll 4
                 for (int q = 0; q < A_GROUPS; q++) {
 #pragma GCC unroll 16
                     for (int t = 0; t < VLEN; t++) {
                         int i = q * VLEN + t;
                         const float *p = src + i * g->lda + k;
-                        r[q][t] = i >= mr ? vsplat(0.0f) : kn == VLEN ? vload(p) : vload_n(p, kn);
+                        r[q][t] = i >= mr ? vsplat(0.0f) : vload_n(p, kn);
                     }
                     vtranspose(r[q]);
                 }
 #pragma GCC unroll 16
                 for (int t = 0; t < VLEN; t++) {
                     if (t >= kn) break;
-#pragma GCC unroll 4
                     for (int q = 0; q < A_GROUPS; q++) step[q] = r[q][t];
                     store_a_step(dst, k + t, kc, step);
                 }
@@ -358,7 +356,7 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
     /* B must be packed when transposed; otherwise packing pays when its rows are a page or more
      * apart (each k step of an in-place panel would touch a new page: TLB misses) and there are
      * enough rows of A to amortise the copy. */
-    int pack_b = trans_b || (ldb >= 1024 && M >= 4 * FM_MR);
+    int pack_b = trans_b || (ldb >= (getenv("PB") ? atoi(getenv("PB")) : 1024) && M >= 4 * FM_MR);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
                    self->kc, self->mc, self->nc, pack_b};
     if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;

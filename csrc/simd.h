@@ -17,7 +17,8 @@
 
 /* ---- Per-ISA section ------------------------------------------------------------------------
  * Primitives: vload/vstore (unaligned), vload_n/vstore_n (first n lanes; loads zero the rest),
- * vfma (a * b + c, one rounding where the ISA has FMA), vsplat (broadcast).
+ * vfma (a * b + c, one rounding where the ISA has FMA), vsplat (broadcast); optionally a native
+ * vtranspose (FM_NATIVE_VTRANSPOSE) where the generic one in gemm_impl.h compiles badly.
  * MR x NR is the micro-kernel's register tile (MR rows broadcast, NR / VLEN vectors wide);
  * KC, MC, NC are the default cache blocks (run-time tunable, see fm_set_blocks). The values come
  * from the sweep recorded in benchmarks/. */
@@ -58,10 +59,41 @@ static inline __m256i vmask_(int n)
 }
 static inline vf vload(const float *p) { return (vf)_mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf x) { _mm256_storeu_ps(p, (__m256)x); }
-static inline vf vload_n(const float *p, int n) { return (vf)_mm256_maskload_ps(p, vmask_(n)); }
-static inline void vstore_n(float *p, vf x, int n) { _mm256_maskstore_ps(p, vmask_(n), (__m256)x); }
+/* vmaskmovps is slow on AMD (microcoded stores): whole vectors take the plain path. */
+static inline vf vload_n(const float *p, int n)
+{
+    return n >= VLEN ? vload(p) : (vf)_mm256_maskload_ps(p, vmask_(n));
+}
+static inline void vstore_n(float *p, vf x, int n)
+{
+    if (n >= VLEN)
+        vstore(p, x);
+    else
+        _mm256_maskstore_ps(p, vmask_(n), (__m256)x);
+}
 static inline vf vfma(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 static inline vf vsplat(float x) { return (vf)_mm256_set1_ps(x); }
+/* 8 x 8 transpose in 24 in-lane shuffles: GCC lowers AVX2's two-source __builtin_shuffle (the
+ * generic vtranspose in gemm_impl.h) to permute-and-blend sequences three times as long. */
+#define FM_NATIVE_VTRANSPOSE
+static inline void vtranspose(vf r[8])
+{
+    __m256 t[8], s[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps((__m256)r[i], (__m256)r[i + 1]);     /* a0 b0 a1 b1 | a4 b4 a5 b5 */
+        t[i + 1] = _mm256_unpackhi_ps((__m256)r[i], (__m256)r[i + 1]); /* a2 b2 a3 b3 | a6 b6 a7 b7 */
+    }
+    for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);     /* a0 b0 c0 d0 | a4 b4 c4 d4 */
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE); /* a1 b1 c1 d1 | a5 b5 c5 d5 */
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = (vf)_mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+        r[i + 4] = (vf)_mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+    }
+}
 
 #else /* generic: 4-wide vectors, plain C; compiles to SSE2 on x86-64 and to NEON elsewhere */
 #define VLEN 4
