@@ -6,6 +6,7 @@ flags that tune for the build machine's CPU or relax IEEE arithmetic (see README
 """
 import os
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -22,10 +23,17 @@ SOURCES = [
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-std=gnu11"]
 DEBUG = os.environ.get("FASTMLP_DEBUG", "") not in ("", "0")
 
+# The bindings use NumPy's C API. Built against NumPy 2 (pyproject.toml), the module runs on any
+# NumPy from NPY_TARGET_VERSION up; it is pinned to the oldest NumPy in [project] dependencies
+# rather than left to the headers' default, which newer NumPy releases raise.
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")]
+
 ext = Extension(
     "fastmlp._kernels",
     sources=SOURCES,
-    include_dirs=["csrc"],
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=NUMPY_MACROS,
     depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
     extra_compile_args=CFLAGS + (["-O0", "-g"] if DEBUG else []),
     extra_link_args=["-fopenmp"],

@@ -17,7 +17,10 @@ e) Thread count: resolved per call by _threads() (see fastmlp/_threads.py for th
 """
 import numpy as np
 
-from libc.stdint cimport int32_t
+cimport numpy as cnp
+from libc.stdint cimport int32_t, uintptr_t
+
+cnp.import_array()
 
 cdef extern from "fastmlp.h" nogil:
     int FM_OK, FM_EINVAL, FM_ENOMEM
@@ -64,7 +67,6 @@ cdef extern from "omp.h" nogil:
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
 ISAS = ("generic", "avx2", "avx512")
-_F32 = np.dtype(np.float32)
 
 # ---- threads -------------------------------------------------------------------------------------
 
@@ -156,59 +158,79 @@ def measure_peak_gflops(double seconds=0.2, n_threads=None):
     return r
 
 # ---- validation helpers ----------------------------------------------------------------------------
+# They read arrays through NumPy's C API: x.dtype, x.shape or x.flags each build Python objects,
+# which cost more than a small kernel call itself.
 
 
-cdef object _check_f32(object x, str name, int ndim):
-    if not isinstance(x, np.ndarray):
+cdef cnp.ndarray _check_f32(object x, str name, int ndim):
+    if not cnp.PyArray_Check(x):
         raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(x).__name__}")
-    if x.dtype != _F32:
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    # a byte-swapped float32 ('>f4' here) is not float32 to the kernels
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISNOTSWAPPED(a):
         raise TypeError(f"{name} must be float32, got {x.dtype}; "
                         f"convert with {name}.astype(numpy.float32)")
-    if x.ndim != ndim:
+    if cnp.PyArray_NDIM(a) != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got a {x.ndim}-D array of shape {x.shape}")
-    return x
+    return a
 
 
-cdef object _input(object x, str name, int ndim):
+cdef bint _has_shape(cnp.ndarray x, tuple shape):
+    """x.shape == shape, for an x of len(shape) dimensions."""
+    cdef Py_ssize_t i
+    for i in range(len(shape)):
+        if cnp.PyArray_DIM(x, i) != <cnp.npy_intp>shape[i]:
+            return False
+    return True
+
+
+cdef cnp.ndarray _input(object x, str name, int ndim):
     """A C-contiguous float32 array to read (note b)."""
-    _check_f32(x, name, ndim)
-    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    cdef cnp.ndarray a = _check_f32(x, name, ndim)
+    return a if cnp.PyArray_IS_C_CONTIGUOUS(a) else np.ascontiguousarray(a)
 
 
-cdef object _input_shaped(object x, str name, tuple shape):
-    x = _input(x, name, len(shape))
-    if x.shape != shape:
+cdef cnp.ndarray _input_shaped(object x, str name, tuple shape):
+    cdef cnp.ndarray a = _input(x, name, len(shape))
+    if not _has_shape(a, shape):
         raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
-    return x
+    return a
 
 
-cdef object _output(object out, str name, tuple shape):
+cdef cnp.ndarray _output(object out, str name, tuple shape):
     """A writable C-contiguous float32 array of the given shape (note c); new if out is None."""
+    cdef cnp.npy_intp dims[cnp.NPY_MAXDIMS]
+    cdef Py_ssize_t i
     if out is None:
-        return np.empty(shape, dtype=np.float32)
-    _check_f32(out, name, len(shape))
-    if out.shape != shape:
+        for i in range(len(shape)):
+            dims[i] = shape[i]
+        return cnp.PyArray_EMPTY(len(shape), dims, cnp.NPY_FLOAT32, 0)
+    cdef cnp.ndarray a = _check_f32(out, name, len(shape))
+    if not _has_shape(a, shape):
         raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
-    if not out.flags.c_contiguous:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"{name} must be C-contiguous (it is written in place)")
-    if not out.flags.writeable:
+    if not cnp.PyArray_ISWRITEABLE(a):
         raise ValueError(f"{name} is read-only (it is written in place)")
-    return out
+    return a
 
 
 cdef int _act_code(object name, str arg) except -1:
     if name is None:
         return 0
-    if name not in ACTIVATIONS:
-        raise ValueError(f"{arg} must be one of {', '.join(ACTIVATIONS)} or None, got {name!r}")
-    return ACTIVATIONS.index(name)
+    try:
+        return ACTIVATIONS.index(name)
+    except ValueError:
+        raise ValueError(f"{arg} must be one of {', '.join(ACTIVATIONS)} or None, "
+                         f"got {name!r}") from None
 
 
-cdef inline const float *_ptr(const float[::1] v) noexcept nogil:
-    return &v[0] if v.shape[0] > 0 else NULL
+cdef inline float *_ptr(cnp.ndarray x) noexcept nogil:
+    """x's data, or NULL if x is None or empty."""
+    return <float *>cnp.PyArray_DATA(x) if x is not None and cnp.PyArray_SIZE(x) else NULL
 
 
-cdef object _weights(object sample_weight, Py_ssize_t m):
+cdef cnp.ndarray _weights(object sample_weight, Py_ssize_t m):
     if sample_weight is None:
         return None
     return _input_shaped(sample_weight, "sample_weight", (m,))
@@ -221,22 +243,47 @@ cdef object _flat(object x):
 # ---- GEMM ------------------------------------------------------------------------------------------
 
 
-cdef object _gemm_operand(object x, str name, bint *trans, Py_ssize_t *ld):
+cdef void _extent(cnp.ndarray x, uintptr_t *lo, uintptr_t *hi) noexcept:
+    """[lo, hi): the bytes x spans, from its data pointer, shape and strides; lo == hi if empty."""
+    cdef cnp.npy_intp low = 0, high = cnp.PyArray_ITEMSIZE(x), d
+    cdef int i
+    lo[0] = hi[0] = <uintptr_t>cnp.PyArray_DATA(x)
+    for i in range(cnp.PyArray_NDIM(x)):
+        if cnp.PyArray_DIM(x, i) == 0:
+            return
+        d = cnp.PyArray_STRIDE(x, i) * (cnp.PyArray_DIM(x, i) - 1)
+        if d > 0:
+            high += d
+        else:
+            low += d
+    lo[0] += <uintptr_t>low
+    hi[0] += <uintptr_t>high
+
+
+cdef bint _overlap(cnp.ndarray x, cnp.ndarray y) noexcept:
+    """np.may_share_memory(x, y), which also compares extents only."""
+    cdef uintptr_t x0, x1, y0, y1
+    _extent(x, &x0, &x1)
+    _extent(y, &y0, &y1)
+    return x0 < x1 and y0 < y1 and x0 < y1 and y0 < x1
+
+
+cdef cnp.ndarray _gemm_operand(object x, str name, bint *trans, Py_ssize_t *ld):
     """Return an array whose rows are contiguous, flipping *trans for a Fortran-ordered matrix
     (note b); *ld receives its leading dimension in elements."""
-    _check_f32(x, name, 2)
-    cdef Py_ssize_t s0 = x.strides[0], s1 = x.strides[1]
-    if x.size > 0:
-        if s1 == 4 and s0 >= 4 * x.shape[1] and s0 % 4 == 0:
+    cdef cnp.ndarray a = _check_f32(x, name, 2)
+    cdef Py_ssize_t m = cnp.PyArray_DIM(a, 0), n = cnp.PyArray_DIM(a, 1)
+    cdef Py_ssize_t s0 = cnp.PyArray_STRIDE(a, 0), s1 = cnp.PyArray_STRIDE(a, 1)
+    if m > 0 and n > 0:
+        if s1 == 4 and s0 >= 4 * n and s0 % 4 == 0:
             ld[0] = s0 // 4
-            return x
-        if s0 == 4 and s1 >= 4 * x.shape[0] and s1 % 4 == 0:
+            return a
+        if s0 == 4 and s1 >= 4 * m and s1 % 4 == 0:
             trans[0] = not trans[0]
             ld[0] = s1 // 4
-            return x.T
-    x = np.ascontiguousarray(x)
-    ld[0] = max(x.shape[1], 1)
-    return x
+            return a.T
+    ld[0] = max(n, 1)
+    return np.ascontiguousarray(a)
 
 
 def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
@@ -256,14 +303,12 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
 
     Returns out (a new float32 (M, N) array if out is None).
     """
-    cdef bint ta = bool(trans_a), tb = bool(trans_b)
-    cdef Py_ssize_t lda = 0, ldb = 0
-    a = _gemm_operand(a, "a", &ta, &lda)
-    b = _gemm_operand(b, "b", &tb, &ldb)
-    cdef Py_ssize_t M = a.shape[1] if ta else a.shape[0]
-    cdef Py_ssize_t K = a.shape[0] if ta else a.shape[1]
-    cdef Py_ssize_t Kb = b.shape[1] if tb else b.shape[0]
-    cdef Py_ssize_t N = b.shape[0] if tb else b.shape[1]
+    cdef bint ta = trans_a, tb = trans_b
+    cdef Py_ssize_t lda, ldb
+    cdef cnp.ndarray A = _gemm_operand(a, "a", &ta, &lda)
+    cdef cnp.ndarray B = _gemm_operand(b, "b", &tb, &ldb)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(A, 1 if ta else 0), K = cnp.PyArray_DIM(A, 0 if ta else 1)
+    cdef Py_ssize_t Kb = cnp.PyArray_DIM(B, 1 if tb else 0), N = cnp.PyArray_DIM(B, 0 if tb else 1)
     if K != Kb:
         raise ValueError(f"matmul: inner dimensions differ: op(a) is ({M}, {K}) and op(b) is "
                          f"({Kb}, {N})")
@@ -276,45 +321,31 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
         raise ValueError("matmul: grad_activation cannot be combined with activation or bias")
     if beta != 0 and out is None:
         raise ValueError("matmul: beta != 0 needs out (its initial contents are scaled by beta)")
-    if out is not None and (np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+    if cnp.PyArray_Check(out) and (_overlap(<cnp.ndarray>out, A) or _overlap(<cnp.ndarray>out, B)):
         raise ValueError("matmul: out must not overlap a or b")
-    out = _output(out, "out", (M, N))
-    cdef const float[::1] bias_v, y_v, z_v
+    cdef cnp.ndarray C = _output(out, "out", (M, N))
     if bias is not None:
         bias = _input_shaped(bias, "bias", (N,))
-        bias_v = bias
-        ep.bias = _ptr(bias_v)
-    if ep.grad_act:
-        need = "z" if ep.grad_act == 5 else ("y" if ep.grad_act != 0 else None)
-        if need == "y":
-            if y is None:
-                raise ValueError(f"matmul: grad_activation={grad_activation!r} needs y, the "
-                                 "activation's output")
-            y_v = _flat(_input_shaped(y, "y", (M, N)))
-            ep.y = _ptr(y_v)
-        if need == "z":
-            if z is None:
-                raise ValueError("matmul: grad_activation='gelu' needs z, the activation's input")
-            z_v = _flat(_input_shaped(z, "z", (M, N)))
-            ep.z = _ptr(z_v)
-    cdef const float[:, :] a_v = a
-    cdef const float[:, :] b_v = b
-    cdef float[::1] c_v = _flat(out)
-    cdef const float *pa = &a_v[0, 0] if a.size else NULL
-    cdef const float *pb = &b_v[0, 0] if b.size else NULL
-    cdef float *pc = &c_v[0] if out.size else NULL
+        ep.bias = _ptr(bias)
+    if ep.grad_act == 5:
+        if z is None:
+            raise ValueError("matmul: grad_activation='gelu' needs z, the activation's input")
+        z = _input_shaped(z, "z", (M, N))
+        ep.z = _ptr(z)
+    elif ep.grad_act:
+        if y is None:
+            raise ValueError(f"matmul: grad_activation={grad_activation!r} needs y, the "
+                             "activation's output")
+        y = _input_shaped(y, "y", (M, N))
+        ep.y = _ptr(y)
     cdef float al = alpha, be = beta
     cdef int status, nt = _threads()
-    if lda == 0:
-        lda = 1
-    if ldb == 0:
-        ldb = 1
     with nogil:
-        status = fm_sgemm(ta, tb, M, N, K, al, pa, lda, pb, ldb, be, pc, N if N > 0 else 1,
-                          &ep, NULL, nt)
+        status = fm_sgemm(ta, tb, M, N, K, al, _ptr(A), lda, _ptr(B), ldb, be, _ptr(C),
+                          N if N > 0 else 1, &ep, NULL, nt)
     if status == FM_ENOMEM:
         raise MemoryError("matmul: could not allocate the packing buffers")
-    return out
+    return C
 
 # ---- activations ------------------------------------------------------------------------------------
 
@@ -322,66 +353,58 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
 def bias_activation(z, bias=None, activation="identity", *, negative_slope=0.01, out=None):
     """activation(z + bias). z: float32 (M, N); bias: float32 (N,) or None; out may be z itself
     (in place). Returns out (new if None)."""
-    z = _input(z, "z", 2)
-    cdef Py_ssize_t M = z.shape[0], N = z.shape[1]
+    cdef cnp.ndarray Z = _input(z, "z", 2)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(Z, 0), N = cnp.PyArray_DIM(Z, 1)
     cdef int act = _act_code(activation, "activation")
-    out = _output(out, "out", (M, N))
-    cdef const float[::1] z_v = _flat(z)
-    cdef const float[::1] b_v
+    cdef cnp.ndarray O = _output(out, "out", (M, N))
     cdef const float *pb = NULL
     if bias is not None:
-        b_v = _input_shaped(bias, "bias", (N,))
-        pb = _ptr(b_v)
-    cdef float[::1] o_v = _flat(out)
+        bias = _input_shaped(bias, "bias", (N,))
+        pb = _ptr(bias)
     cdef float s = negative_slope
     cdef int nt = _threads()
     with nogil:
-        fm_bias_act_forward(M, N, _ptr(z_v), pb, act, s, &o_v[0] if M * N else NULL, nt)
-    return out
+        fm_bias_act_forward(M, N, _ptr(Z), pb, act, s, _ptr(O), nt)
+    return O
 
 
 def activation_backward(dy, activation, *, y=None, z=None, negative_slope=0.01, out=None):
     """dz = dy * activation'(.): from y, the activation's output (relu, leaky_relu, tanh,
     logistic), or z, its input (gelu); identity copies dy. All float32 (M, N). out may be dy."""
-    dy = _input(dy, "dy", 2)
-    cdef Py_ssize_t M = dy.shape[0], N = dy.shape[1]
+    cdef cnp.ndarray D = _input(dy, "dy", 2)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(D, 0), N = cnp.PyArray_DIM(D, 1)
     cdef int act = _act_code(activation, "activation")
     if activation is None:
         raise ValueError("activation_backward: activation must be given")
-    cdef const float[::1] y_v, z_v
     cdef const float *py = NULL
     cdef const float *pz = NULL
     if act == 5:
         if z is None:
             raise ValueError("activation_backward: 'gelu' needs z, the activation's input")
-        z_v = _flat(_input_shaped(z, "z", (M, N)))
-        pz = _ptr(z_v)
+        z = _input_shaped(z, "z", (M, N))
+        pz = _ptr(z)
     elif act != 0:
         if y is None:
             raise ValueError(f"activation_backward: {activation!r} needs y, the activation's output")
-        y_v = _flat(_input_shaped(y, "y", (M, N)))
-        py = _ptr(y_v)
-    out = _output(out, "out", (M, N))
-    cdef const float[::1] d_v = _flat(dy)
-    cdef float[::1] o_v = _flat(out)
+        y = _input_shaped(y, "y", (M, N))
+        py = _ptr(y)
+    cdef cnp.ndarray O = _output(out, "out", (M, N))
     cdef float s = negative_slope
     cdef int nt = _threads()
     with nogil:
-        fm_act_backward(M, N, _ptr(d_v), py, pz, act, s, &o_v[0] if M * N else NULL, nt)
-    return out
+        fm_act_backward(M, N, _ptr(D), py, pz, act, s, _ptr(O), nt)
+    return O
 
 
 def bias_grad(dz, out=None):
     """Column sums of dz (float32 (M, N)) -> (N,), each column summed in row order."""
-    dz = _input(dz, "dz", 2)
-    cdef Py_ssize_t M = dz.shape[0], N = dz.shape[1]
-    out = _output(out, "out", (N,))
-    cdef const float[::1] d_v = _flat(dz)
-    cdef float[::1] o_v = out
+    cdef cnp.ndarray D = _input(dz, "dz", 2)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(D, 0), N = cnp.PyArray_DIM(D, 1)
+    cdef cnp.ndarray O = _output(out, "out", (N,))
     cdef int nt = _threads()
     with nogil:
-        fm_bias_grad(M, N, _ptr(d_v), &o_v[0] if N else NULL, nt)
-    return out
+        fm_bias_grad(M, N, _ptr(D), _ptr(O), nt)
+    return O
 
 # ---- losses -------------------------------------------------------------------------------------------
 
@@ -393,8 +416,8 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
     Returns (loss, grad): loss = (1/M) sum_i w_i (logsumexp(z_i) - z_i[y_i]) as a float (0.0 for
     an empty batch), grad = w_i (softmax(z_i) - onehot(y_i)) / M. grad_out may be logits.
     """
-    logits = _input(logits, "logits", 2)
-    cdef Py_ssize_t M = logits.shape[0], N = logits.shape[1]
+    cdef cnp.ndarray Z = _input(logits, "logits", 2)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(Z, 0), N = cnp.PyArray_DIM(Z, 1)
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be a numpy array of integers, got "
                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
@@ -405,52 +428,34 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
     if M and (labels.min() < 0 or labels.max() >= N):
         raise ValueError(f"labels must be in [0, {N}), got values in "
                          f"[{labels.min()}, {labels.max()}]")
-    lab = np.ascontiguousarray(labels, dtype=np.int32)
-    w = _weights(sample_weight, M)
-    grad_out = _output(grad_out, "grad_out", (M, N))
-    cdef const float[::1] z_v = _flat(logits)
-    cdef const int32_t[::1] l_v = lab
-    cdef const float[::1] w_v
-    cdef const float *pw = NULL
-    if w is not None:
-        w_v = w
-        pw = _ptr(w_v)
-    cdef float[::1] g_v = _flat(grad_out)
+    cdef cnp.ndarray lab = np.ascontiguousarray(labels, dtype=np.int32)
+    cdef cnp.ndarray w = _weights(sample_weight, M)
+    cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N))
     cdef double loss = 0
     cdef int status, nt = _threads()
     with nogil:
-        status = fm_softmax_xent(M, N, _ptr(z_v), &l_v[0] if M else NULL, pw,
-                                 &g_v[0] if M * N else NULL, &loss, nt)
+        status = fm_softmax_xent(M, N, _ptr(Z), <const int32_t *>_ptr(lab), _ptr(w), _ptr(G),
+                                 &loss, nt)
     if status != FM_OK:
         raise ValueError(f"labels must be in [0, {N})")
-    return loss, grad_out
+    return loss, G
 
 
 cdef tuple _pair_loss(str kind, object pred, object target, object sample_weight, object grad_out):
-    pname = "logits" if kind == "sigmoid" else "pred"
-    pred = _input(pred, pname, 2)
-    cdef Py_ssize_t M = pred.shape[0], N = pred.shape[1]
-    target = _input_shaped(target, "targets" if kind == "sigmoid" else "target", (M, N))
-    w = _weights(sample_weight, M)
-    grad_out = _output(grad_out, "grad_out", (M, N))
-    cdef const float[::1] p_v = _flat(pred)
-    cdef const float[::1] t_v = _flat(target)
-    cdef const float[::1] w_v
-    cdef const float *pw = NULL
-    if w is not None:
-        w_v = w
-        pw = _ptr(w_v)
-    cdef float[::1] g_v = _flat(grad_out)
-    cdef float *pg = &g_v[0] if M * N else NULL
+    cdef bint sig = kind == "sigmoid"
+    cdef cnp.ndarray P = _input(pred, "logits" if sig else "pred", 2)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(P, 0), N = cnp.PyArray_DIM(P, 1)
+    cdef cnp.ndarray T = _input_shaped(target, "targets" if sig else "target", (M, N))
+    cdef cnp.ndarray w = _weights(sample_weight, M)
+    cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N))
     cdef double loss = 0
     cdef int nt = _threads()
-    cdef bint sig = kind == "sigmoid"
     with nogil:
         if sig:
-            fm_sigmoid_xent(M, N, _ptr(p_v), _ptr(t_v), pw, pg, &loss, nt)
+            fm_sigmoid_xent(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
         else:
-            fm_mse(M, N, _ptr(p_v), _ptr(t_v), pw, pg, &loss, nt)
-    return loss, grad_out
+            fm_mse(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
+    return loss, G
 
 
 def sigmoid_cross_entropy(logits, targets, sample_weight=None, *, grad_out=None):
@@ -474,55 +479,52 @@ def mse_loss(pred, target, sample_weight=None, *, grad_out=None):
 # ---- optimizers -------------------------------------------------------------------------------------
 
 
-cdef float[::1] _state(object x, str name, tuple shape):
-    """An array updated in place (note c), seen as a flat memoryview."""
+cdef cnp.ndarray _state(object x, str name, tuple shape):
+    """An array updated in place (note c)."""
     if x is None:
         raise ValueError(f"{name} is required: a float32 array shaped like param")
-    return _flat(_output(x, name, shape))
+    return _output(x, name, shape)
 
 
 cdef tuple _param_grad(object param, object grad):
-    """(shape, flat param to update, flat grad to read)."""
+    """(shape, param to update, grad to read)."""
     if not isinstance(param, np.ndarray):
         raise TypeError(f"param must be a numpy.ndarray of float32, got {type(param).__name__}")
     shape = param.shape
-    return shape, _flat(_output(param, "param", shape)), _flat(_input_shaped(grad, "grad", shape))
+    return shape, _output(param, "param", shape), _input_shaped(grad, "grad", shape)
 
 
 def sgd_update(param, grad, *, lr, l2=0.0, momentum=0.0, nesterov=False, velocity=None):
     """SGD step in place (scikit-learn's momentum form). g = grad + l2 * param; momentum == 0:
     param -= lr g; else velocity = momentum velocity - lr g and param += velocity (or, Nesterov,
     param += momentum velocity - lr g). velocity: float32 like param, needed when momentum != 0."""
+    cdef cnp.ndarray p, g, vel = None
     shape, p, g = _param_grad(param, grad)
-    cdef float[::1] p_v = p, v_v
-    cdef const float[::1] g_v = g
-    cdef float *pv = NULL
     if momentum != 0:
         if velocity is None:
             raise ValueError("sgd_update: momentum != 0 needs velocity (float32, like param)")
-        v_v = _state(velocity, "velocity", shape)
-        pv = &v_v[0] if v_v.shape[0] else NULL
-    cdef Py_ssize_t n = p_v.shape[0]
+        vel = _state(velocity, "velocity", shape)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(p)
     cdef double lr_ = lr, l2_ = l2, mom = momentum
-    cdef int nest = bool(nesterov), nt = _threads()
+    cdef bint nest = nesterov
+    cdef int nt = _threads()
     if n:
         with nogil:
-            fm_sgd(n, &p_v[0], &g_v[0], lr_, l2_, mom, nest, pv, nt)
+            fm_sgd(n, _ptr(p), _ptr(g), lr_, l2_, mom, nest, _ptr(vel), nt)
 
 
 def rmsprop_update(param, grad, square_avg, *, lr, rho=0.9, eps=1e-8, l2=0.0):
     """RMSProp step in place: g = grad + l2 param; square_avg = rho square_avg + (1-rho) g^2;
     param -= lr g / (sqrt(square_avg) + eps)."""
+    cdef cnp.ndarray p, g
     shape, p, g = _param_grad(param, grad)
-    cdef float[::1] p_v = p
-    cdef const float[::1] g_v = g
-    cdef float[::1] s_v = _state(square_avg, "square_avg", shape)
-    cdef Py_ssize_t n = p_v.shape[0]
+    cdef cnp.ndarray sq = _state(square_avg, "square_avg", shape)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(p)
     cdef double lr_ = lr, rho_ = rho, eps_ = eps, l2_ = l2
     cdef int nt = _threads()
     if n:
         with nogil:
-            fm_rmsprop(n, &p_v[0], &g_v[0], &s_v[0], lr_, rho_, eps_, l2_, nt)
+            fm_rmsprop(n, _ptr(p), _ptr(g), _ptr(sq), lr_, rho_, eps_, l2_, nt)
 
 
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0,
@@ -533,18 +535,16 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
     param = param (1 - lr weight_decay) - lr_t m / (sqrt(v) + eps). step counts from 1."""
     if not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"adam_update: step must be an integer >= 1, got {step!r}")
+    cdef cnp.ndarray p, g
     shape, p, g = _param_grad(param, grad)
-    cdef float[::1] p_v = p
-    cdef const float[::1] g_v = g
-    cdef float[::1] m_v = _state(m, "m", shape)
-    cdef float[::1] v_v = _state(v, "v", shape)
-    cdef Py_ssize_t n = p_v.shape[0]
+    cdef cnp.ndarray m1 = _state(m, "m", shape), m2 = _state(v, "v", shape)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(p)
     cdef long t = step
     cdef double lr_ = lr, b1 = beta1, b2 = beta2, eps_ = eps, l2_ = l2, wd = weight_decay
     cdef int nt = _threads()
     if n:
         with nogil:
-            fm_adam(n, &p_v[0], &g_v[0], &m_v[0], &v_v[0], t, lr_, b1, b2, eps_, l2_, wd, nt)
+            fm_adam(n, _ptr(p), _ptr(g), _ptr(m1), _ptr(m2), t, lr_, b1, b2, eps_, l2_, wd, nt)
 
 
 include "_profile.pxi"

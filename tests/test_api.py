@@ -74,6 +74,8 @@ def mat(*shape, seed=0):
      r"^sample_weight must be float32"),
     (lambda: fastmlp.matmul(mat(2, 3).astype(np.float16), mat(3, 2)), TypeError,
      r"^a must be float32"),
+    (lambda: fastmlp.matmul(mat(2, 3).astype(">f4"), mat(3, 2)), TypeError,
+     r"^a must be float32, got >f4"),
     # list input
     (lambda: fastmlp.matmul([[1.0, 2.0]], mat(2, 2)), TypeError,
      r"^a must be a numpy.ndarray of float32, got list"),
@@ -206,6 +208,10 @@ def test_out_overlapping_inputs():
     # a's transpose view overlaps too
     with pytest.raises(ValueError, match=r"out must not overlap a or b"):
         fastmlp.matmul(a.T, mat(4, 4), out=a)
+    # like np.may_share_memory, only extents are compared: out between a's rows counts
+    rows = np.zeros((2, 10), F)
+    with pytest.raises(ValueError, match=r"out must not overlap a or b"):
+        fastmlp.matmul(rows[:, :2], mat(2, 4), out=rows[0, 2:].reshape(2, 4))
     # disjoint halves of one buffer are fine
     got = fastmlp.matmul(buf[:4], mat(4, 4), out=buf[4:])
     assert got.base is not None and np.shares_memory(got, buf)
