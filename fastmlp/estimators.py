@@ -256,19 +256,38 @@ class _BaseMLP(BaseEstimator):
         return step
 
     def _schedule(self, incremental, n):
-        """The learning-rate schedule, called with t_ (samples seen) at each epoch's start."""
+        """The learning-rate schedule, called with t_ (samples seen) at each epoch's start.
+
+        fit (warm_start included) starts the schedule afresh, as scikit-learn starts a fresh
+        optimizer: "invscaling" takes learning_rate_init for the first epoch of every fit, then
+        learning_rate_init / (t_ + 1) ** power_t with t_ counting every sample seen so far;
+        "cosine" spans this fit's max_iter epochs; "adaptive" restarts at learning_rate_init but
+        continues the improvement count of the previous fit. partial_fit continues the schedule.
+        """
         lr = self.learning_rate
+        t0 = self.t_
         if callable(lr):
             return lr
         if lr == "invscaling":
-            return optim.InverseScaling(self.learning_rate_init, self.power_t)
+            inv = optim.InverseScaling(self.learning_rate_init, self.power_t)
+            if incremental or t0 == 0:
+                return inv
+            return lambda t: self.learning_rate_init if t == t0 else inv(t)
         if lr == "cosine":
-            return optim.CosineWarmup(self.learning_rate_init, total=self.max_iter * n)
+            cos = optim.CosineWarmup(self.learning_rate_init, total=self.max_iter * n)
+            if incremental or t0 == 0:
+                return cos
+            return lambda t: cos(t - t0)
         if lr == "adaptive":
             # kept across partial_fit calls, as scikit-learn keeps its optimizer's rate
             if not (incremental and hasattr(self, "_plateau")):
                 self._plateau = optim.ReduceOnPlateau(
                     self.learning_rate_init, patience=self.n_iter_no_change, tol=self.tol)
+                # scikit-learn keeps best_loss_ / the count across warm-started fits
+                best = self.best_validation_score_ if self.early_stopping else self.best_loss_
+                if best is not None:
+                    self._plateau.best = -best if self.early_stopping else best
+                self._plateau.bad = self._no_improvement_count
             return self._plateau
         return optim.Constant(self.learning_rate_init)
 
@@ -314,6 +333,8 @@ class _BaseMLP(BaseEstimator):
                 stop = self._update_no_improvement_count(score)
                 if adaptive:
                     schedule.report(-score if self.early_stopping else self.loss_)
+                    if stop and not schedule.exhausted:
+                        self._no_improvement_count = 0   # the rate was reduced: count afresh
                     stop = schedule.exhausted
                 if self.callback is not None and self.callback(dict(
                         epoch=self.n_iter_, loss=self.loss_, validation_score=score, lr=lr,
@@ -338,7 +359,9 @@ class _BaseMLP(BaseEstimator):
                 p[...] = best
 
     def _update_no_improvement_count(self, score):
-        """scikit-learn's stopping rule; returns True when training should stop."""
+        """scikit-learn's stopping rule; returns True when training should stop. As in
+        scikit-learn the count is not reset by a stop, so a warm-started fit after one stops
+        after its first epoch unless that epoch improves."""
         if self.early_stopping:
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1
@@ -354,10 +377,7 @@ class _BaseMLP(BaseEstimator):
             else:
                 self._no_improvement_count = 0
             self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
-        if self._no_improvement_count > self.n_iter_no_change:
-            self._no_improvement_count = 0
-            return True
-        return False
+        return self._no_improvement_count > self.n_iter_no_change
 
     # ---- prediction ------------------------------------------------------------------------
 

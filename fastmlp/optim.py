@@ -76,12 +76,15 @@ class ReduceOnPlateau:
     """scikit-learn's "adaptive": the rate stays constant while the reported metric (a loss:
     lower is better) improves by more than ``tol``; after more than ``patience`` reports without
     improvement it is divided by ``factor`` (5) and the count restarts. ``exhausted`` becomes
-    True once the rate falls below ``min_lr`` (1e-6), scikit-learn's signal to stop."""
+    True at such a plateau if the rate is already at most ``min_lr`` (1e-6) (the rate is then
+    left as it is): scikit-learn's signal to stop. patience may be math.inf (never reduce)."""
 
     def __init__(self, lr, patience=10, factor=5.0, tol=1e-4, min_lr=1e-6):
-        self.lr, self.patience, self.factor = float(lr), int(patience), float(factor)
+        self.lr, self.factor = float(lr), float(factor)
+        self.patience = patience if patience == math.inf else int(patience)
         self.tol, self.min_lr = float(tol), float(min_lr)
         self.best, self.bad = math.inf, 0
+        self._exhausted = False
 
     def __call__(self, t):
         return self.lr
@@ -94,13 +97,16 @@ class ReduceOnPlateau:
             self.bad = 0
         self.best = min(self.best, metric)
         if self.bad > self.patience:
-            self.lr /= self.factor
+            if self.lr <= self.min_lr:
+                self._exhausted = True
+            else:
+                self.lr /= self.factor
             self.bad = 0
         return self.lr
 
     @property
     def exhausted(self):
-        return self.lr < self.min_lr
+        return self._exhausted
 
 
 def as_schedule(lr):
