@@ -8,8 +8,8 @@
 # g) The parameters are arrays owned by the caller (the model or estimator) and updated in place,
 #    so coefs_ / intercepts_ always show the current weights without copies.
 # h) Sample weights are renormalised per batch to sum to the batch size: the kernels' mean over M
-#    then equals scikit-learn's weighted average (sum_i w_i l_i / sum_i w_i), and the L2 term
-#    alpha / (2 M) ||W||^2 equals scikit-learn's alpha / (2 sum w) ||W||^2 on the same scale.
+#    then equals scikit-learn's weighted average (sum_i w_i l_i / sum_i w_i). The L2 term is, as
+#    in scikit-learn, alpha / (2 sum w) ||W||^2 with the batch's own (unnormalised) sum of weights.
 # i) Dropout masks come from a counter-based hash of (seed, step, layer, element), so they do not
 #    depend on the thread count nor on any RNG state: a step is a pure function of its inputs.
 # j) The loss is checked before the backward pass: a non-finite loss leaves the parameters and the
@@ -94,7 +94,8 @@ cdef class TrainStep:
     optimizer: "sgd" (momentum, nesterov: scikit-learn's form), "rmsprop" (rho, eps) or "adam"
         (beta1, beta2, eps; weight_decay > 0 makes it AdamW).
     alpha: L2 penalty, scikit-learn's semantics: loss += alpha / (2 M) sum ||W||^2 and
-        dW += alpha / M W for a batch of M rows (weights only, not biases).
+        dW += alpha / M W for a batch of M rows (weights only, not biases); with sample weights,
+        M is the batch's sum of weights (note h).
     dropout: None or one rate in [0, 1) per hidden layer (inverted dropout on its output).
     seed: dropout's seed.
 
@@ -305,7 +306,7 @@ cdef class TrainStep:
         cdef double lr_ = lr, loss = 0
         cdef int status = FM_OK
         cdef Py_ssize_t r
-        cdef double wsum
+        cdef double wsum, l2_rows = M
         with nogil:
             if gather:
                 for r in range(M):
@@ -327,7 +328,9 @@ cdef class TrainStep:
                 for r in range(M):
                     wb[r] = <float>((wb[r] if gather else w_v[r]) * (M / wsum)) if wsum else 0
                 pw = &wb[0]
-            status = self._step(M, px, py, pw, lr_, &loss, nt)
+                if wsum:
+                    l2_rows = wsum
+            status = self._step(M, px, py, pw, lr_, l2_rows, &loss, nt)
         if status == FM_EINVAL:
             raise ValueError(f"labels must be in [0, {n_out})")
         if status == FM_ENOMEM:
@@ -338,14 +341,14 @@ cdef class TrainStep:
         return loss
 
     cdef int _step(self, ptrdiff_t M, const float *X, const void *y, const float *w, double lr,
-                   double *loss, int nt) noexcept nogil:
+                   double l2_rows, double *loss, int nt) noexcept nogil:
         cdef int L = self.n_layers, l, status
         cdef _Layer *ly
         cdef _Layer *prev
         cdef const float *inp = X
         cdef fm_epilogue ep
         cdef uint64_t key
-        cdef double sq = 0, l2 = self.alpha / M
+        cdef double sq = 0, l2 = self.alpha / l2_rows
         # forward: hidden layers fuse bias + activation in the GEMM epilogue; gelu keeps Z
         for l in range(L):
             ly = &self.layers[l]

@@ -87,7 +87,9 @@ def _reference_step(params, acts, X, y, loss, alpha, sample_weight=None):
               "mse": ref.mse_loss}[loss]
     w = None if sample_weight is None else sample_weight * len(X) / sample_weight.sum()
     value, d = lossfn(a[-1], y if loss == "softmax" else y.astype(np.float64), w)
-    value += alpha / (2 * len(X)) * sum((p[2 * l] ** 2).sum() for l in range(len(p) // 2))
+    # scikit-learn's L2 scale: the batch size, or the batch's sum of sample weights
+    rows = len(X) if sample_weight is None else float(sample_weight.astype(np.float64).sum())
+    value += alpha / (2 * rows) * sum((p[2 * l] ** 2).sum() for l in range(len(p) // 2))
     grads = [None] * len(p)
     for l in range(len(p) // 2 - 1, -1, -1):
         grads[2 * l], grads[2 * l + 1] = a[l].T @ d, d.sum(axis=0)
@@ -113,7 +115,7 @@ def test_train_step_matches_reference(loss, solver):
     assert got == pytest.approx(value, rel=1e-5)
     for i, (p, g) in enumerate(zip(p64, g64)):
         assert_close(step.grads[i], g, **TOL, name=f"grad {i}")
-        l2 = alpha / 11 if i % 2 == 0 else 0.0
+        l2 = alpha / float(sw.astype(np.float64).sum()) if i % 2 == 0 else 0.0
         if solver == "adam":
             ref.adam_update(p, g, np.zeros_like(p), np.zeros_like(p), step=1, lr=lr, l2=l2)
         elif solver == "sgd":
