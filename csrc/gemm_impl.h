@@ -370,13 +370,19 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
     /* Threads split N or M; each thread owns whole tiles of C (rule 4) and packs into its own
      * buffers, so there is no barrier and no shared scratch. Whatever is not split, each thread
      * reads (or packs) in full, so: N when it has more panels, or enough for every thread,
-     * except for a transposed A (the weight gradient X^T dZ, tall and narrow), where splitting M
-     * halves the packing of A and every thread reads the narrow B in place (measured on Zen 4,
-     * 2 threads: 784x512x128 TN 170 -> 199 GFLOP/s). A thread is worth waking only for a
-     * quarter MFLOP or more: libgomp's threads spin between calls, so waking one costs about a
-     * microsecond. */
+     * except
+     *  - for a transposed A (the weight gradient X^T dZ, tall and narrow), where splitting M
+     *    halves the packing of A and every thread reads the narrow B in place (Zen 4, 2 threads:
+     *    784x512x128 TN 170 -> 199 GFLOP/s);
+     *  - for a short K, where writing C is the cost: threads that share rows of C write
+     *    interleaved pieces of each row, which ran 1.5-2.5x slower than whole rows per thread
+     *    (Zen 4, 2 threads: 128x256x10 NT 74 -> 111 GFLOP/s, 512x512x32 73 -> 184; from K = 64
+     *    on, no consistent difference).
+     * A thread is worth waking only for a quarter MFLOP or more: libgomp's threads spin between
+     * calls, so waking one costs about a microsecond. */
     ptrdiff_t pan_n = (N + FM_NR - 1) / FM_NR, pan_m = (M + FM_MR - 1) / FM_MR;
-    int split_n = (trans_a && !trans_b) ? pan_n > pan_m : (pan_n >= pan_m || pan_n >= 2 * nthreads);
+    int split_n = ((trans_a && !trans_b) || K <= 32) ? pan_n > pan_m
+                                                     : (pan_n >= pan_m || pan_n >= 2 * nthreads);
     double flops = 2.0 * (double)M * (double)N * (double)(K > 0 ? K : 1);
     ptrdiff_t nt = nthreads;
     if ((double)nt > flops / 2.5e5) nt = (ptrdiff_t)(flops / 2.5e5);
