@@ -14,9 +14,9 @@
  *     always runs full MR rows and never reads outside the operand.
  *  2. B is either packed (kc steps of NR floats, zero-padded past N) or read in place from a
  *     row-major op(B) (row stride ldb); in place, the last panel's loads are masked to nb columns.
- *     A transposed B must be packed; a row-major one is packed only when its rows are a page
- *     or more apart and A has rows enough to amortise the copy (see sgemm). With few B panels
- *     (an MLP's narrow layers) A is not packed either: that is the small-problem path.
+ *     A transposed B must be packed; a row-major one is packed only when its rows are at least
+ *     FM_PACK_B_LD floats apart and A has rows enough to amortise the copy (see sgemm). With few
+ *     B panels (an MLP's narrow layers) A is not packed either: that is the small-problem path.
  *  3. Accumulators start at zero for every K block and add products in k order with one FMA
  *     each; C is combined as alpha*s + beta*C on the first block and C + alpha*s on later ones.
  *     Nothing here depends on M, on the tile's position or on the thread count (fastmlp.h rule 4).
@@ -353,10 +353,10 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
                  float *work, int nthreads)
 {
     if (M <= 0 || N <= 0) return FM_OK;
-    /* B must be packed when transposed; otherwise packing pays when its rows are a page or more
-     * apart (each k step of an in-place panel would touch a new page: TLB misses) and there are
-     * enough rows of A to amortise the copy. */
-    int pack_b = trans_b || (ldb >= (getenv("PB") ? atoi(getenv("PB")) : 1024) && M >= 4 * FM_MR);
+    /* B must be packed when transposed; otherwise packing pays when its rows are far apart
+     * (FM_PACK_B_LD, per ISA: an in-place panel's k steps then fall on few L1 sets, or each on a
+     * new page) and there are enough rows of A to amortise the copy. */
+    int pack_b = trans_b || (ldb >= FM_PACK_B_LD && M >= 4 * FM_MR);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
                    self->kc, self->mc, self->nc, pack_b};
     if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;

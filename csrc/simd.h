@@ -21,7 +21,8 @@
  * vtranspose (FM_NATIVE_VTRANSPOSE) where the generic one in gemm_impl.h compiles badly.
  * MR x NR is the micro-kernel's register tile (MR rows broadcast, NR / VLEN vectors wide);
  * KC, MC, NC are the default cache blocks (run-time tunable, see fm_set_blocks). The values come
- * from the sweep recorded in benchmarks/. */
+ * from the sweep recorded in benchmarks/. FM_PACK_B_LD: the row stride (floats) from which a
+ * row-major B is packed rather than read in place (gemm_impl.h, contract 2). */
 #if defined(FM_TARGET_AVX512)
 #include <immintrin.h>
 #define VLEN 16
@@ -30,6 +31,7 @@
 #define FM_KC 384 /* 12 x 384 A micro-panel = 18 KiB in L1 */
 #define FM_MC 96
 #define FM_NC 512 /* 384 x 512 B panel = 768 KiB in L2 */
+#define FM_PACK_B_LD 1024 /* 128..512 measured 2-5% slower: 12 rows reuse each B vector */
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 static inline __mmask16 vmask_(int n)
@@ -51,6 +53,7 @@ static inline vf vsplat(float x) { return (vf)_mm512_set1_ps(x); }
 #define FM_KC 384
 #define FM_MC 96
 #define FM_NC 512
+#define FM_PACK_B_LD 128 /* in place from 512 floats apart: 1.04-1.45x slower (Zen 4) */
 typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 static inline __m256i vmask_(int n)
@@ -102,6 +105,7 @@ static inline void vtranspose(vf r[8])
 #define FM_KC 256
 #define FM_MC 96
 #define FM_NC 512
+#define FM_PACK_B_LD 1024
 typedef float vf __attribute__((vector_size(16)));
 typedef int32_t vi __attribute__((vector_size(16)));
 static inline int vclamp_(int n) { return n < 0 ? 0 : n > VLEN ? VLEN : n; }
