@@ -171,20 +171,21 @@ static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0,
     }
 }
 
-/* The MR x (nv VLEN) product over kc steps (contract 3). A is read at a + i*ars + k*acs, B at
- * b + k*b_rs. The accumulators are locals that never escape, so they live in registers. full, nv
- * and (for packed A) ars, acs are compile-time constants after inlining: whole or masked B
- * vectors, all of NR or one vector wide (narrow N, e.g. a 10-class output).
+/* The rows x (nv VLEN) product over kc steps (contract 3), rows <= MR. A is read at
+ * a + i*ars + k*acs, B at b + k*b_rs. The accumulators are locals that never escape, so they
+ * live in registers. rows, full, nv and (for packed A) ars, acs are compile-time constants after
+ * inlining: fewer rows for an edge panel (whose padding rows would only multiply zeros), whole
+ * or masked B vectors, all of NR or one vector wide (narrow N, e.g. a 10-class output).
  * Without an epilogue to apply (c != NULL), the tile is combined with C and stored straight from
  * the registers (contracts 3, 4); otherwise it goes to tile[MR][NR] for tile_store. */
 static inline __attribute__((always_inline)) void
-ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
+ukernel_product(int rows, ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
                 const float *restrict b, ptrdiff_t b_rs, int nb, int full, int nv,
                 float *restrict tile, const gemm_args *g, float *c, int mr, int nr, int first)
 {
     vf acc[FM_MR][NV];
 #pragma GCC unroll 16
-    for (int i = 0; i < FM_MR; i++)
+    for (int i = 0; i < rows; i++)
 #pragma GCC unroll 8
         for (int v = 0; v < nv; v++) acc[i][v] = vsplat(0.0f);
     for (ptrdiff_t k = 0; k < kc; k++) {
@@ -193,7 +194,7 @@ ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t 
         for (int v = 0; v < nv; v++)
             bv[v] = full ? vload(b + v * VLEN) : vload_n(b + v * VLEN, nb - v * VLEN);
 #pragma GCC unroll 16
-        for (int i = 0; i < FM_MR; i++) {
+        for (int i = 0; i < rows; i++) {
             vf ai = vsplat(a[i * ars]);
 #pragma GCC unroll 8
             for (int v = 0; v < nv; v++) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
@@ -203,7 +204,7 @@ ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t 
     }
     if (!c) {
 #pragma GCC unroll 16
-        for (int i = 0; i < FM_MR; i++)
+        for (int i = 0; i < rows; i++)
 #pragma GCC unroll 8
             for (int v = 0; v < nv; v++) vstore(tile + i * FM_NR + v * VLEN, acc[i][v]);
         return;
@@ -211,7 +212,7 @@ ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t 
     vf alpha = vsplat(g->alpha), beta = vsplat(g->beta);
     int use_beta = g->beta != 0.0f;
 #pragma GCC unroll 16
-    for (int i = 0; i < FM_MR; i++) {
+    for (int i = 0; i < rows; i++) {
         if (i >= mr) break;
 #pragma GCC unroll 8
         for (int v = 0; v < nv; v++) {
@@ -230,34 +231,49 @@ ukernel_product(ptrdiff_t kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t 
     }
 }
 
-/* Instantiate the micro-kernel variants: A packed or in place, B vectors whole or masked, NR or
- * one vector wide. c, mr, nr, first: see ukernel_product. */
+/* Packed A (zero-padded to MR rows): B whole, masked, or one vector wide. */
+static inline __attribute__((always_inline)) void
+run_packed(int rows, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b_rs, int nb,
+           float *tile, const gemm_args *g, float *c, int mr, int nr, int first)
+{
+    if (nb >= FM_NR)
+        ukernel_product(rows, kc, a, 1, FM_MR, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
+    else if (nb <= VLEN)
+        ukernel_product(rows, kc, a, 1, FM_MR, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
+    else
+        ukernel_product(rows, kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
+}
+
+/* Instantiate the micro-kernel variants: A packed (all MR rows, or a third or two thirds of
+ * them for an edge panel: an 8-row edge of a 32-row batch then costs 8 rows, not 12) or in place
+ * (always MR rows, contract 1), B vectors whole or masked, NR or one vector wide. c, mr, nr,
+ * first: see ukernel_product. */
 static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, ptrdiff_t acs,
                      const float *b, ptrdiff_t b_rs, int nb, float *tile, const gemm_args *g,
                      float *c, int mr, int nr, int first)
 {
     int full = nb >= FM_NR, narrow = nb <= VLEN;
     if (a_packed) {
-        if (full)
-            ukernel_product(kc, a, 1, FM_MR, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
-        else if (narrow)
-            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
+        if (mr <= FM_MR / 3)
+            run_packed(FM_MR / 3, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
+        else if (mr <= 2 * FM_MR / 3)
+            run_packed(2 * FM_MR / 3, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
         else
-            ukernel_product(kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
+            run_packed(FM_MR, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
     } else if (ars == 1) { /* A^T in place: the MR values of one k are contiguous */
         if (full)
-            ukernel_product(kc, a, 1, acs, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
+            ukernel_product(FM_MR, kc, a, 1, acs, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
         else if (narrow)
-            ukernel_product(kc, a, 1, acs, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
+            ukernel_product(FM_MR, kc, a, 1, acs, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
         else
-            ukernel_product(kc, a, 1, acs, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
+            ukernel_product(FM_MR, kc, a, 1, acs, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
     } else { /* A in place, row-major: MR row streams */
         if (full)
-            ukernel_product(kc, a, ars, 1, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
+            ukernel_product(FM_MR, kc, a, ars, 1, b, b_rs, FM_NR, 1, NV, tile, g, c, mr, nr, first);
         else if (narrow)
-            ukernel_product(kc, a, ars, 1, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
+            ukernel_product(FM_MR, kc, a, ars, 1, b, b_rs, nb, 0, 1, tile, g, c, mr, nr, first);
         else
-            ukernel_product(kc, a, ars, 1, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
+            ukernel_product(FM_MR, kc, a, ars, 1, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
     }
 }
 
