@@ -10,7 +10,8 @@ Computation is float32: X (any float or int dtype) and regression targets are co
 float32 C-contiguous arrays before training and prediction; predictions are float32.
 Weights are initialised as scikit-learn does (uniform Glorot variant, ``init="sklearn"`` of
 ``fastmlp.model.init_params``), so a drop-in replacement starts from the same distribution; given
-the same initial weights the loss curve matches scikit-learn's to float32 rounding.
+the same initial weights and batches, the weights and loss curve match scikit-learn's to float32
+rounding (tests/test_sklearn_trajectory.py).
 
 scikit-learn is required by this module (``pip install "fastmlp[sklearn]"``); the kernels and
 the model API work without it.
