@@ -56,6 +56,7 @@ from sklearn.utils import check_random_state  # noqa: E402
 
 import fastmlp  # noqa: E402
 from fastmlp.model import init_params  # noqa: E402
+from fastmlp.testing import assert_bitwise_equal, assert_close  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -149,12 +150,11 @@ def _assert_same_trajectory(sk, fm, initial, min_moved=1e-3):
     for name, a, b, p0 in zip(names, sk.coefs_ + sk.intercepts_, fm.coefs_ + fm.intercepts_,
                               initial):
         assert a.dtype == np.float32 and b.dtype == np.float32, name
-        np.testing.assert_allclose(b, a, **WEIGHT_TOL, err_msg=f"{name} differs from sklearn's")
+        assert_close(b, a, **WEIGHT_TOL, name=f"{name} against scikit-learn's")
         moved = max(moved, float(np.abs(a - p0).max()))
     assert moved > min_moved, f"the weights barely moved ({moved:.2g}): the test proves nothing"
     assert len(fm.loss_curve_) == len(sk.loss_curve_)
-    np.testing.assert_allclose(fm.loss_curve_[1:], sk.loss_curve_[1:], rtol=LOSS_RTOL,
-                               err_msg="loss_curve_ differs")
+    assert_close(fm.loss_curve_[1:], sk.loss_curve_[1:], rtol=LOSS_RTOL, name="loss_curve_")
     assert fm.n_iter_ == sk.n_iter_ and fm.t_ == sk.t_
 
 
@@ -209,9 +209,9 @@ def test_shuffled_batches_are_sklearns_scheme():
             _fit_from(est, X[idx], y[idx], params0[0::2], params0[1::2], epochs=1)
         for a, b in zip(est.coefs_ + est.intercepts_, shuffled.coefs_ + shuffled.intercepts_):
             if cls is fastmlp.MLPClassifier:
-                np.testing.assert_array_equal(a, b)
+                assert_bitwise_equal(a, b)
             else:
-                np.testing.assert_allclose(a, b, **WEIGHT_TOL)
+                assert_close(a, b, **WEIGHT_TOL)
 
 
 def test_adaptive_schedule_and_stopping_match_sklearn():
