@@ -13,6 +13,7 @@ import numpy as np
 
 import fastmlp
 from fastmlp import datasets
+from fastmlp.model import init_params
 
 
 def main():
@@ -31,11 +32,9 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     sizes = [784, args.hidden, 10]
-    # He initialisation for ReLU layers
-    W = [(rng.standard_normal((i, o)) * np.sqrt(2.0 / i)).astype(np.float32)
-         for i, o in zip(sizes[:-1], sizes[1:])]
-    b = [np.zeros(o, np.float32) for o in sizes[1:]]
-    params = W + b
+    # He initialisation (normal, std sqrt(2 / fan_in), zero biases) for both layers
+    params = init_params(sizes, ["relu", "identity"], "he", rng)
+    W, b = params[0::2], params[1::2]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
 
@@ -57,7 +56,7 @@ def main():
             dW0 = fastmlp.matmul(x, dh, trans_a=True)
             db0 = fastmlp.bias_grad(dh)
             step += 1
-            for p, g, mi, vi in zip(params, [dW0, dW1, db0, db1], m, v):    # update
+            for p, g, mi, vi in zip(params, [dW0, db0, dW1, db1], m, v):    # update
                 fastmlp.adam_update(p, g, mi, vi, step=step, lr=args.lr)
             losses.append(loss)
         seconds = time.perf_counter() - t0
