@@ -10,8 +10,9 @@
  *  3. nthreads >= 1 is the most threads a kernel may use; it may use fewer for small problems
  *     (a tiny product does not wake every thread).
  *  4. Determinism: every output element is computed by one thread with an operation order that
- *     depends only on the problem's shapes and the ISA in use, never on the thread count nor on
- *     which rows share the batch. Reductions (bias gradient, loss) run in a fixed order.
+ *     depends only on the problem's shapes, its transpose flags and the ISA in use, never on the
+ *     thread count nor on which rows share the batch. Reductions (bias gradient, loss) run in a
+ *     fixed order.
  *  5. Re-entrancy: no kernel keeps static mutable state; scratch memory is either passed in
  *     (work) or allocated per call. Kernels may run concurrently from several threads.
  *  6. NaN propagates through every forward activation (relu(NaN) = NaN). Backward masks are
@@ -69,7 +70,11 @@ typedef struct {
  * call. Summation order (rule 4): K is cut into the fewest blocks of at most the ISA's KC, all
  * of one length but the last, which may be shorter; each block's products are accumulated in k
  * order with FMAs from zero, and C = alpha*s0 + beta*C, C += alpha*s_b for the later blocks,
- * then the epilogue. Returns FM_OK or FM_ENOMEM. */
+ * then the epilogue. Except for a narrow N with A not transposed (N <= VLEN, K long enough:
+ * use_dot in gemm_impl.h, e.g. 10 classes from 256 features): K is not blocked, lane l of a
+ * VLEN-wide accumulator adds the products of k = l, l + VLEN, ... in k order with FMAs from
+ * zero, the lanes are added as a fixed pairwise tree into s, then C = alpha*s + beta*C and the
+ * epilogue. Returns FM_OK or FM_ENOMEM. */
 int fm_sgemm(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
              const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
              float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads);

@@ -40,6 +40,7 @@ typedef struct {
     const fm_epilogue *ep;
     int kc, mc, nc;
     int pack_b;
+    int tc; /* the product computed is C^T (M, N, A, B as seen by the loops): see sgemm */
 } gemm_args;
 
 /* op(A)[i, k] in place: a + i * rs + k * cs. */
@@ -277,38 +278,55 @@ static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, 
     }
 }
 
-/* Combine the tile with C, apply the epilogue on the last K block, store (contracts 3-5).
- * (row, col) is the tile's position in C, for the bias and the y / z operands. */
+/* Combine x, lanes [0, n) of row i of C from column j on, with C; apply the epilogue on the last
+ * K block; store (contracts 3-5). */
+static inline void store_c(const gemm_args *g, vf x, ptrdiff_t i, ptrdiff_t j, int n, int first,
+                           int last)
+{
+    const fm_epilogue *ep = last ? g->ep : NULL;
+    float *c = g->C + i * g->ldc + j;
+    x = g->alpha * x;
+    if (!first)
+        x = x + vload_n(c, n);
+    else if (g->beta != 0.0f)
+        x = x + g->beta * vload_n(c, n);
+    if (ep) {
+        if (ep->bias) x = x + vload_n(ep->bias + j, n);
+        if (ep->act) x = act_forward(x, ep->act, ep->slope);
+        if (ep->grad_act) {
+            vf y = ep->y ? vload_n(ep->y + i * ep->ldy + j, n) : vsplat(0.0f);
+            vf z = ep->z ? vload_n(ep->z + i * ep->ldz + j, n) : vsplat(0.0f);
+            x = act_backward(x, y, z, ep->grad_act, ep->slope);
+        }
+    }
+    if (n >= VLEN)
+        vstore(c, x);
+    else
+        vstore_n(c, x, n);
+}
+
+/* The mr x nr tile at (row, col) of the product computed, to C. With g->tc the product is C^T
+ * (see sgemm): the tile is transposed VLEN x VLEN in registers, so each of its columns becomes
+ * a piece of a row of C. */
 static inline void tile_store(const gemm_args *g, const float *tile, ptrdiff_t row, ptrdiff_t col,
                               int mr, int nr, int first, int last)
 {
-    const fm_epilogue *ep = last ? g->ep : NULL;
-    for (int i = 0; i < mr; i++) {
-        float *c = g->C + (row + i) * g->ldc + col;
-        for (int v = 0; v < NV; v++) {
-            int n = nr - v * VLEN;
-            if (n <= 0) break;
-            vf x = g->alpha * vload(tile + i * FM_NR + v * VLEN);
-            if (!first)
-                x = x + vload_n(c + v * VLEN, n);
-            else if (g->beta != 0.0f)
-                x = x + g->beta * vload_n(c + v * VLEN, n);
-            if (ep) {
-                ptrdiff_t j = col + v * VLEN;
-                if (ep->bias) x = x + vload_n(ep->bias + j, n);
-                if (ep->act) x = act_forward(x, ep->act, ep->slope);
-                if (ep->grad_act) {
-                    vf y = ep->y ? vload_n(ep->y + (row + i) * ep->ldy + j, n) : vsplat(0.0f);
-                    vf z = ep->z ? vload_n(ep->z + (row + i) * ep->ldz + j, n) : vsplat(0.0f);
-                    x = act_backward(x, y, z, ep->grad_act, ep->slope);
-                }
-            }
-            if (n >= VLEN)
-                vstore(c + v * VLEN, x);
-            else
-                vstore_n(c + v * VLEN, x, n);
-        }
+    if (!g->tc) {
+        for (int i = 0; i < mr; i++)
+            for (int v = 0; v < NV && v * VLEN < nr; v++)
+                store_c(g, vload(tile + i * FM_NR + v * VLEN), row + i, col + v * VLEN,
+                        nr - v * VLEN, first, last);
+        return;
     }
+    for (int q = 0; q < mr; q += VLEN)
+        for (int jv = 0; jv < nr; jv += VLEN) {
+            vf r[VLEN];
+            for (int t = 0; t < VLEN; t++)
+                r[t] = q + t < mr ? vload(tile + (q + t) * FM_NR + jv) : vsplat(0.0f);
+            vtranspose(r);
+            for (int t = 0; t < VLEN && jv + t < nr; t++)
+                store_c(g, r[t], col + jv + t, row + q, mr - q, first, last);
+        }
 }
 
 /* One thread's share: rows [m0, m1) and columns [n0, n1) of C. */
@@ -344,7 +362,7 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                     for (ptrdiff_t jr = 0; jr < nc; jr += FM_NR) {
                         int nr = (int)min_pd(FM_NR, nc - jr);
                         /* the epilogue needs the tile in memory; a plain store does not */
-                        int direct = !(last && g->ep);
+                        int direct = !(last && g->ep) && !g->tc;
                         float *c = direct ? g->C + (ic + ir) * g->ldc + jc + jr : NULL;
                         if (g->pack_b)
                             run_tile(kc, a, a_packed, a_rs(g), a_cs(g), bpack + jr * kc, FM_NR,
@@ -361,7 +379,198 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
     }
 }
 
+/* ---- Narrow N: dot products along k --------------------------------------------------------
+ * C[M, N] = op(A) op(B) for a row-major A and N well under VLEN (the forward pass of a 10-class
+ * output layer, 128x256 by 256x10): N-wide vectors would leave most lanes idle. Each element is
+ * instead a dot product of a row of A and a row of B^T, both read VLEN values of k at a time
+ * (B^T is packed once per thread, unless B is stored transposed). Summation order (fastmlp.h):
+ * lane l adds the products of k = l, l + VLEN, ... in k order with one FMA each, from zero, K
+ * unblocked; then vsum_lanes adds the lanes as a fixed pairwise tree. The choice of this path
+ * depends on N and K only, never on M (rule 4). */
+
+/* Shuffle mask of a vsum_lanes round: lanes taken h at a time from x (first half of each 2h
+ * group) and y (second half); hi: the upper h of each of x's and y's 2h groups. */
+static inline vi half_mask(int h, int hi)
+{
+    vi m;
+    for (int l = 0; l < VLEN; l++) {
+        int q = l / (2 * h) * 2 * h, w = l % (2 * h);
+        m[l] = (w < h ? q + w : VLEN + q + w - h) + (hi ? h : 0);
+    }
+    return m;
+}
+
+/* p's log2(VLEN) low bits reversed; a closed form so that it folds to a constant once the
+ * loops that use it are unrolled (the accumulators then stay in registers). */
+static inline int bit_reverse(int p)
+{
+    int r4 = ((p & 1) << 3) | ((p & 2) << 1) | ((p & 4) >> 1) | ((p & 8) >> 3);
+    return r4 >> (VLEN == 16 ? 0 : VLEN == 8 ? 1 : 2);
+}
+
+/* v[0 .. n) -> one vector whose lane c is the sum of v[c]'s lanes, as the pairwise tree that
+ * adds lane l and lane l + VLEN/2 first, then l + VLEN/4, and so on: the same tree for every c.
+ * log2(VLEN) rounds of two-source shuffles each halve the number of vectors (a full transpose
+ * and 15 adds would take twice the shuffles); taking v in bit-reversed order leaves sum c in
+ * lane c. Lanes from n on are 0. */
+static inline __attribute__((always_inline)) void vsum_round(vf *w, int h)
+{
+    vi lo = half_mask(h, 0), hi = half_mask(h, 1);
+#pragma GCC unroll 8
+    for (int p = 0; p < h; p++)
+        w[p] = __builtin_shuffle(w[2 * p], w[2 * p + 1], lo) +
+               __builtin_shuffle(w[2 * p], w[2 * p + 1], hi);
+}
+
+static inline __attribute__((always_inline)) vf vsum_lanes(const vf *v, int n)
+{
+    vf w[VLEN];
+#pragma GCC unroll 16
+    for (int p = 0; p < VLEN; p++) w[p] = bit_reverse(p) < n ? v[bit_reverse(p)] : vsplat(0.0f);
+    /* rounds of half-width VLEN/2 ... 1, each on 2h vectors; spelled out so that every mask is
+     * a constant */
+    if (VLEN >= 16) vsum_round(w, 8);
+    if (VLEN >= 8) vsum_round(w, 4);
+    vsum_round(w, 2);
+    vsum_round(w, 1);
+    return w[0];
+}
+
+/* One step of k (kn <= VLEN values, masked below VLEN) of dot_tile. */
+static inline __attribute__((always_inline)) void
+dot_step(int rows, int n, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt, int kn,
+         vf acc[][VLEN])
+{
+    vf av[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < rows; i++) av[i] = kn == VLEN ? vload(a + i * lda) : vload_n(a + i * lda, kn);
+#pragma GCC unroll 16
+    for (int j = 0; j < n; j++) {
+        vf b = kn == VLEN ? vload(bt + j * ldbt) : vload_n(bt + j * ldbt, kn);
+        /* Keep b in a register: GCC would fold the load into each row's FMA, and with one load
+         * per FMA the loop waits on loads (Zen 4 loads one zmm per cycle). */
+        __asm__("" : "+v"(b));
+#pragma GCC unroll 4
+        for (int i = 0; i < rows; i++) acc[i][j] = vfma(av[i], b, acc[i][j]);
+    }
+}
+
+/* rows x n dot products of length K: rows of A at a (stride lda), rows of B^T at bt (stride
+ * ldbt). out[i] holds row i's n results in lanes [0, n). rows and n are compile-time constants
+ * after inlining, so the rows x n accumulators stay in registers. */
+static inline __attribute__((always_inline)) void
+dot_tile(int rows, int n, ptrdiff_t K, const float *restrict a, ptrdiff_t lda,
+         const float *restrict bt, ptrdiff_t ldbt, vf *out)
+{
+    vf acc[4][VLEN];
+#pragma GCC unroll 4
+    for (int i = 0; i < rows; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < n; j++) acc[i][j] = vsplat(0.0f);
+    ptrdiff_t k = 0;
+    for (; k + VLEN <= K; k += VLEN) dot_step(rows, n, a + k, lda, bt + k, ldbt, VLEN, acc);
+    if (k < K) dot_step(rows, n, a + k, lda, bt + k, ldbt, (int)(K - k), acc);
+#pragma GCC unroll 4
+    for (int i = 0; i < rows; i++) out[i] = vsum_lanes(acc[i], n);
+}
+
+/* Accumulator registers a dot tile may use: 32 zmm registers on AVX-512, 16 otherwise, less the
+ * A rows and one B vector. */
+#define DOT_ACC (VLEN >= 16 ? 24 : 10)
+
+/* Rows [m0, m1) of C, with n = N compile-time: tiles of as many rows (up to 4) as the
+ * accumulators allow, then single rows. */
+static inline __attribute__((always_inline)) void
+dot_range_n(int n, const gemm_args *g, const float *bt, ptrdiff_t ldbt, ptrdiff_t m0, ptrdiff_t m1)
+{
+    const int R = 4 * n <= DOT_ACC ? 4 : 2 * n <= DOT_ACC ? 2 : 1;
+    vf out[4];
+    for (ptrdiff_t i = m0; i < m1;) {
+        int rows = m1 - i >= R ? R : 1;
+        if (rows == R)
+            dot_tile(R, n, g->K, g->A + i * g->lda, g->lda, bt, ldbt, out);
+        else
+            dot_tile(1, n, g->K, g->A + i * g->lda, g->lda, bt, ldbt, out);
+        for (int r = 0; r < rows; r++) store_c(g, out[r], i + r, 0, n, 1, 1);
+        i += rows;
+    }
+}
+
+#define DOT_CASE(n) case n: if (n <= VLEN) dot_range_n(n, g, bt, ldbt, m0, m1); break;
+static void dot_range(const gemm_args *g, const float *bt, ptrdiff_t ldbt, ptrdiff_t m0, ptrdiff_t m1)
+{
+    switch (g->N) {
+        DOT_CASE(1) DOT_CASE(2) DOT_CASE(3) DOT_CASE(4) DOT_CASE(5) DOT_CASE(6) DOT_CASE(7)
+        DOT_CASE(8) DOT_CASE(9) DOT_CASE(10) DOT_CASE(11) DOT_CASE(12) DOT_CASE(13)
+        DOT_CASE(14) DOT_CASE(15) DOT_CASE(16)
+    }
+}
+#undef DOT_CASE
+
+/* B[K, N] (ldb) -> bt[N, kp], zero-padded from K to kp (a multiple of VLEN): VLEN x VLEN blocks
+ * transposed in registers. */
+static void pack_bt(const gemm_args *g, ptrdiff_t kp, float *restrict bt)
+{
+    for (ptrdiff_t k = 0; k < kp; k += VLEN)
+        for (ptrdiff_t j0 = 0; j0 < g->N; j0 += VLEN) {
+            vf r[VLEN];
+            int nj = (int)min_pd(VLEN, g->N - j0);
+#pragma GCC unroll 16
+            for (int t = 0; t < VLEN; t++)
+                r[t] = k + t < g->K ? vload_n(g->B + (k + t) * g->ldb + j0, nj) : vsplat(0.0f);
+            vtranspose(r);
+            for (int j = 0; j < nj; j++) vstore(bt + (j0 + j) * kp + k, r[j]);
+        }
+}
+
+/* Whether the dot path pays for C[M, N] = op(A) op(B) with K: it does N * ceil(K / VLEN) FMAs
+ * and about 4 N shuffles and adds per row, against K vector FMAs per row for N-wide vectors. */
+static int use_dot(int trans_a, ptrdiff_t N, ptrdiff_t K)
+{
+    return !trans_a && N <= VLEN && 5 * N * ((K + VLEN - 1) / VLEN + 4) < 4 * K;
+}
+
+/* Rows the micro-kernel multiplies for m rows of A: whole MR panels, and an edge panel rounded
+ * up to a third of MR (run_tile). */
+static ptrdiff_t fma_rows(ptrdiff_t m)
+{
+    ptrdiff_t e = m % FM_MR, third = FM_MR / 3;
+    return m - e + (e == 0 ? 0 : (e + third - 1) / third * third);
+}
+
 static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/* The dot path (see use_dot): threads take contiguous rows of C, each with its own copy of B^T. */
+static int sgemm_dot(const fm_kernels *self, const gemm_args *g, float *work, int nthreads)
+{
+    ptrdiff_t kp = (g->K + VLEN - 1) / VLEN * VLEN;
+    size_t per_thread = g->tb ? 0 : (size_t)(g->N * kp) + 16; /* align64 moves up to 15 */
+    ptrdiff_t nt = nthreads;
+    double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
+    if ((double)nt > flops / 2.5e5) nt = (ptrdiff_t)(flops / 2.5e5);
+    if (nt > g->M) nt = g->M;
+    if (nt < 1) nt = 1;
+    float *own = NULL;
+    if (per_thread && (!work || per_thread > fm_gemm_thread_floats(self))) {
+        own = malloc(per_thread * (size_t)nt * sizeof(float));
+        if (!own) return FM_ENOMEM;
+        work = own;
+    }
+#pragma omp parallel num_threads((int)nt) if (nt > 1)
+    {
+        ptrdiff_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
+        const float *bt = g->B;
+        ptrdiff_t ldbt = g->ldb;
+        if (!g->tb) {
+            float *p = align64(work + (size_t)t * per_thread);
+            pack_bt(g, kp, p);
+            bt = p, ldbt = kp;
+        }
+        dot_range(g, bt, ldbt, g->M * t / n_t, g->M * (t + 1) / n_t);
+    }
+    free(own);
+    return FM_OK;
+}
 
 static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N,
                  ptrdiff_t K, float alpha, const float *A, ptrdiff_t lda, const float *B,
@@ -369,12 +578,33 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
                  float *work, int nthreads)
 {
     if (M <= 0 || N <= 0) return FM_OK;
+    if (use_dot(trans_a, N, K)) {
+        gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep};
+        if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;
+        return sgemm_dot(self, &g, work, nthreads);
+    }
+    /* Narrow N with a transposed A (the weight gradient A^T dZ of a 10-class layer): N-wide
+     * vectors would leave most lanes idle (10 of 16), so compute C^T = op(B)^T op(A)^T instead,
+     * whose vectors run along M, with A in place as its B, and store its tiles transposed
+     * (tile_store). Every element is the same chain of FMAs over k either way (a*b and b*a
+     * round alike), so both give the same bits (rule 4) and the choice may depend on M. Worth it
+     * from 1.25x fewer FMAs on: 256x10 on AVX-512 takes 12 x 16 vectors per k instead of
+     * 256 x 1. (A row-major A would have to be packed transposed: that case takes the dot path.)
+     */
+    int tc = trans_a && 5 * fma_rows(N) * ((M + VLEN - 1) / VLEN) < 4 * fma_rows(M) * ((N + VLEN - 1) / VLEN);
+    if (tc) {
+        const float *t = A;
+        ptrdiff_t lt = lda, n = N;
+        int tt = trans_a;
+        trans_a = !trans_b, trans_b = !tt;
+        A = B, lda = ldb, B = t, ldb = lt, N = M, M = n;
+    }
     /* B must be packed when transposed; otherwise packing pays when its rows are far apart
      * (FM_PACK_B_LD, per ISA: an in-place panel's k steps then fall on few L1 sets, or each on a
      * new page) and there are enough rows of A to amortise the copy. */
     int pack_b = trans_b || (ldb >= FM_PACK_B_LD && M >= 4 * FM_MR);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
-                   self->kc, self->mc, self->nc, pack_b};
+                   self->kc, self->mc, self->nc, pack_b, tc};
     if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;
     /* K blocks of equal length, at most KC: 784 = 3 x 262 rather than 384 + 384 + 16, whose last
      * short block costs a full pass over C (512x512x784 on 2 threads: 151 -> 188-199 GFLOP/s). */

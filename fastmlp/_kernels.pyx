@@ -274,6 +274,12 @@ cdef cnp.ndarray _gemm_operand(object x, str name, bint *trans, Py_ssize_t *ld):
     cdef cnp.ndarray a = _check_f32(x, name, 2)
     cdef Py_ssize_t m = cnp.PyArray_DIM(a, 0), n = cnp.PyArray_DIM(a, 1)
     cdef Py_ssize_t s0 = cnp.PyArray_STRIDE(a, 0), s1 = cnp.PyArray_STRIDE(a, 1)
+    # The stride of a dimension of length 1 means nothing (NumPy may keep any): such an array
+    # keeps the caller's transpose flag, which can decide the summation order (fastmlp.h rule 4).
+    if n == 1:
+        s1 = 4
+    if m == 1 and s0 < 4 * n:
+        s0 = 4 * n
     if m > 0 and n > 0:
         if s1 == 4 and s0 >= 4 * n and s0 % 4 == 0:
             ld[0] = s0 // 4
