@@ -408,11 +408,7 @@ static inline int bit_reverse(int p)
     return r4 >> (VLEN == 16 ? 0 : VLEN == 8 ? 1 : 2);
 }
 
-/* v[0 .. n) -> one vector whose lane c is the sum of v[c]'s lanes, as the pairwise tree that
- * adds lane l and lane l + VLEN/2 first, then l + VLEN/4, and so on: the same tree for every c.
- * log2(VLEN) rounds of two-source shuffles each halve the number of vectors (a full transpose
- * and 15 adds would take twice the shuffles); taking v in bit-reversed order leaves sum c in
- * lane c. Lanes from n on are 0. */
+/* One round of vsum_lanes: the 2h vectors w[0 .. 2h) -> h vectors. */
 static inline __attribute__((always_inline)) void vsum_round(vf *w, int h)
 {
     vi lo = half_mask(h, 0), hi = half_mask(h, 1);
@@ -422,6 +418,11 @@ static inline __attribute__((always_inline)) void vsum_round(vf *w, int h)
                __builtin_shuffle(w[2 * p], w[2 * p + 1], hi);
 }
 
+/* v[0 .. n) -> one vector whose lane c is the sum of v[c]'s lanes, as the pairwise tree that
+ * adds lane l and lane l + VLEN/2 first, then l + VLEN/4, and so on: the same tree for every c.
+ * log2(VLEN) rounds of two-source shuffles each halve the number of vectors (a full transpose
+ * and 15 adds would take twice the shuffles); taking v in bit-reversed order leaves sum c in
+ * lane c. Lanes from n on are 0. */
 static inline __attribute__((always_inline)) vf vsum_lanes(const vf *v, int n)
 {
     vf w[VLEN];
@@ -591,7 +592,8 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
      * from 1.25x fewer FMAs on: 256x10 on AVX-512 takes 12 x 16 vectors per k instead of
      * 256 x 1. (A row-major A would have to be packed transposed: that case takes the dot path.)
      */
-    int tc = trans_a && 5 * fma_rows(N) * ((M + VLEN - 1) / VLEN) < 4 * fma_rows(M) * ((N + VLEN - 1) / VLEN);
+    int tc = trans_a && 5 * fma_rows(N) * ((M + VLEN - 1) / VLEN)
+                            < 4 * fma_rows(M) * ((N + VLEN - 1) / VLEN);
     if (tc) {
         const float *t = A;
         ptrdiff_t lt = lda, n = N;
