@@ -541,16 +541,23 @@ static ptrdiff_t fma_rows(ptrdiff_t m)
 
 static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
+/* Threads for a product of M x N x K: at most nthreads and units (the pieces the work is split
+ * into), and one per quarter MFLOP (see sgemm); at least 1. */
+static ptrdiff_t gemm_threads(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, int nthreads, ptrdiff_t units)
+{
+    double flops = 2.0 * (double)M * (double)N * (double)(K > 0 ? K : 1);
+    ptrdiff_t nt = nthreads;
+    if ((double)nt > flops / 2.5e5) nt = (ptrdiff_t)(flops / 2.5e5);
+    if (nt > units) nt = units;
+    return nt < 1 ? 1 : nt;
+}
+
 /* The dot path (see use_dot): threads take contiguous rows of C, each with its own copy of B^T. */
 static int sgemm_dot(const fm_kernels *self, const gemm_args *g, float *work, int nthreads)
 {
     ptrdiff_t kp = (g->K + VLEN - 1) / VLEN * VLEN;
     size_t per_thread = g->tb ? 0 : (size_t)(g->N * kp) + 16; /* align64 moves up to 15 */
-    ptrdiff_t nt = nthreads;
-    double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
-    if ((double)nt > flops / 2.5e5) nt = (ptrdiff_t)(flops / 2.5e5);
-    if (nt > g->M) nt = g->M;
-    if (nt < 1) nt = 1;
+    ptrdiff_t nt = gemm_threads(g->M, g->N, g->K, nthreads, g->M);
     float *own = NULL;
     if (per_thread && (!work || per_thread > fm_gemm_thread_floats(self))) {
         own = malloc(per_thread * (size_t)nt * sizeof(float));
@@ -579,9 +586,9 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
                  float *work, int nthreads)
 {
     if (M <= 0 || N <= 0) return FM_OK;
+    if (ep && !ep->bias && !ep->act && !ep->grad_act) ep = NULL; /* nothing to apply */
     if (use_dot(trans_a, N, K)) {
         gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep};
-        if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;
         return sgemm_dot(self, &g, work, nthreads);
     }
     /* Narrow N with a transposed A (the weight gradient A^T dZ of a 10-class layer): N-wide
@@ -607,7 +614,6 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
     int pack_b = trans_b || (ldb >= FM_PACK_B_LD && M >= 4 * FM_MR);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
                    self->kc, self->mc, self->nc, pack_b, tc};
-    if (ep && !ep->bias && !ep->act && !ep->grad_act) g.ep = NULL;
     /* K blocks of equal length, at most KC: 784 = 3 x 262 rather than 384 + 384 + 16, whose last
      * short block costs a full pass over C (512x512x784 on 2 threads: 151 -> 188-199 GFLOP/s). */
     if (K > g.kc) {
@@ -631,11 +637,7 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
     ptrdiff_t pan_n = (N + FM_NR - 1) / FM_NR, pan_m = (M + FM_MR - 1) / FM_MR;
     int split_n = ((trans_a && !trans_b) || K <= 32) ? pan_n > pan_m
                                                      : (pan_n >= pan_m || pan_n >= 2 * nthreads);
-    double flops = 2.0 * (double)M * (double)N * (double)(K > 0 ? K : 1);
-    ptrdiff_t nt = nthreads;
-    if ((double)nt > flops / 2.5e5) nt = (ptrdiff_t)(flops / 2.5e5);
-    if (nt > (split_n ? pan_n : pan_m)) nt = split_n ? pan_n : pan_m;
-    if (nt < 1) nt = 1;
+    ptrdiff_t nt = gemm_threads(M, N, K, nthreads, split_n ? pan_n : pan_m);
 
     /* Scratch sized for this problem, not for the largest blocks: a small product then gets a
      * small heap block instead of a fresh mmap (glibc maps requests above its threshold anew on
