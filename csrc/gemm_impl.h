@@ -245,20 +245,33 @@ run_packed(int rows, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b_r
         ukernel_product(rows, kc, a, 1, FM_MR, b, b_rs, nb, 0, NV, tile, g, c, mr, nr, first);
 }
 
-/* Instantiate the micro-kernel variants: A packed (all MR rows, or a third or two thirds of
- * them for an edge panel: an 8-row edge of a 32-row batch then costs 8 rows, not 12) or in place
- * (always MR rows, contract 1), B vectors whole or masked, NR or one vector wide. c, mr, nr,
- * first: see ukernel_product. */
+/* Rows the micro-kernel multiplies for a packed panel of mr rows: mr rounded up to a third, two
+ * thirds or five sixths of MR, or MR. An 8-row edge of a 32-row batch then costs 8 rows, not 12,
+ * and a 10-class output's C^T (sgemm) 10, not 12. */
+static inline int panel_rows(int mr)
+{
+    return mr <= FM_MR / 3       ? FM_MR / 3
+           : mr <= 2 * FM_MR / 3 ? 2 * FM_MR / 3
+           : mr <= 5 * FM_MR / 6 ? 5 * FM_MR / 6
+                                 : FM_MR;
+}
+
+/* Instantiate the micro-kernel variants: A packed (panel_rows) or in place (always MR rows,
+ * contract 1), B vectors whole or masked, NR or one vector wide. c, mr, nr, first: see
+ * ukernel_product. */
 static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, ptrdiff_t acs,
                      const float *b, ptrdiff_t b_rs, int nb, float *tile, const gemm_args *g,
                      float *c, int mr, int nr, int first)
 {
     int full = nb >= FM_NR, narrow = nb <= VLEN;
     if (a_packed) {
-        if (mr <= FM_MR / 3)
+        int rows = panel_rows(mr);
+        if (rows == FM_MR / 3)
             run_packed(FM_MR / 3, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
-        else if (mr <= 2 * FM_MR / 3)
+        else if (rows == 2 * FM_MR / 3)
             run_packed(2 * FM_MR / 3, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
+        else if (rows == 5 * FM_MR / 6)
+            run_packed(5 * FM_MR / 6, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
         else
             run_packed(FM_MR, kc, a, b, b_rs, nb, tile, g, c, mr, nr, first);
     } else if (ars == 1) { /* A^T in place: the MR values of one k are contiguous */
@@ -531,12 +544,11 @@ static int use_dot(int trans_a, ptrdiff_t N, ptrdiff_t K)
     return !trans_a && N <= VLEN && 5 * N * ((K + VLEN - 1) / VLEN + 4) < 4 * K;
 }
 
-/* Rows the micro-kernel multiplies for m rows of A: whole MR panels, and an edge panel rounded
- * up to a third of MR (run_tile). */
+/* Rows the micro-kernel multiplies for m rows of A: whole MR panels and the edge's panel_rows. */
 static ptrdiff_t fma_rows(ptrdiff_t m)
 {
-    ptrdiff_t e = m % FM_MR, third = FM_MR / 3;
-    return m - e + (e == 0 ? 0 : (e + third - 1) / third * third);
+    int e = (int)(m % FM_MR);
+    return m - e + (e ? panel_rows(e) : 0);
 }
 
 static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
@@ -596,7 +608,7 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
      * whose vectors run along M, with A in place as its B, and store its tiles transposed
      * (tile_store). Every element is the same chain of FMAs over k either way (a*b and b*a
      * round alike), so both give the same bits (rule 4) and the choice may depend on M. Worth it
-     * from 1.25x fewer FMAs on: 256x10 on AVX-512 takes 12 x 16 vectors per k instead of
+     * from 1.25x fewer FMAs on: 256x10 on AVX-512 takes 10 x 16 vectors per k instead of
      * 256 x 1. (A row-major A would have to be packed transposed: that case takes the dot path.)
      */
     int tc = trans_a && 5 * fma_rows(N) * ((M + VLEN - 1) / VLEN)
