@@ -564,7 +564,20 @@ static ptrdiff_t gemm_threads(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, int nthread
     return nt < 1 ? 1 : nt;
 }
 
-/* The dot path (see use_dot): threads take contiguous rows of C, each with its own copy of B^T. */
+/* Thread t of n_t on the dot path (see use_dot): its rows of C, with its own copy of B^T. */
+static void dot_share(const gemm_args *g, float *work, size_t per_thread, ptrdiff_t kp,
+                      ptrdiff_t t, ptrdiff_t n_t)
+{
+    const float *bt = g->B;
+    ptrdiff_t ldbt = g->ldb;
+    if (!g->tb) {
+        float *p = align64(work + (size_t)t * per_thread);
+        pack_bt(g, kp, p);
+        bt = p, ldbt = kp;
+    }
+    dot_range(g, bt, ldbt, g->M * t / n_t, g->M * (t + 1) / n_t);
+}
+
 static int sgemm_dot(const fm_kernels *self, const gemm_args *g, float *work, int nthreads)
 {
     ptrdiff_t kp = (g->K + VLEN - 1) / VLEN * VLEN;
@@ -576,20 +589,30 @@ static int sgemm_dot(const fm_kernels *self, const gemm_args *g, float *work, in
         if (!own) return FM_ENOMEM;
         work = own;
     }
-#pragma omp parallel num_threads((int)nt) if (nt > 1)
-    {
-        ptrdiff_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
-        const float *bt = g->B;
-        ptrdiff_t ldbt = g->ldb;
-        if (!g->tb) {
-            float *p = align64(work + (size_t)t * per_thread);
-            pack_bt(g, kp, p);
-            bt = p, ldbt = kp;
-        }
-        dot_range(g, bt, ldbt, g->M * t / n_t, g->M * (t + 1) / n_t);
+    if (nt == 1) { /* see sgemm */
+        dot_share(g, work, per_thread, kp, 0, 1);
+    } else {
+#pragma omp parallel num_threads((int)nt)
+        dot_share(g, work, per_thread, kp, omp_get_thread_num(), omp_get_num_threads());
     }
     free(own);
     return FM_OK;
+}
+
+/* Thread t of n_t: its share of the panels of N (split_n) or of M, packed into its own buffers
+ * (a_floats for A, then B's) at work + t * per_thread. */
+static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_t a_floats,
+                       int split_n, ptrdiff_t t, ptrdiff_t n_t)
+{
+    float *apack = align64(work + (size_t)t * per_thread);
+    float *bpack = align64(apack + a_floats);
+    ptrdiff_t pan = split_n ? (g->N + FM_NR - 1) / FM_NR : (g->M + FM_MR - 1) / FM_MR;
+    ptrdiff_t step = split_n ? FM_NR : FM_MR;
+    ptrdiff_t lo = pan * t / n_t * step, hi = pan * (t + 1) / n_t * step;
+    if (split_n)
+        gemm_range(g, 0, g->M, lo, min_pd(hi, g->N), apack, bpack);
+    else
+        gemm_range(g, lo, min_pd(hi, g->M), 0, g->N, apack, bpack);
 }
 
 static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N,
@@ -665,17 +688,14 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
         work = own;
     }
 
-#pragma omp parallel num_threads((int)nt) if (nt > 1)
-    {
-        ptrdiff_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
-        float *apack = align64(work + (size_t)t * per_thread);
-        float *bpack = align64(apack + a_floats);
-        ptrdiff_t pan = split_n ? pan_n : pan_m, step = split_n ? FM_NR : FM_MR;
-        ptrdiff_t lo = pan * t / n_t * step, hi = pan * (t + 1) / n_t * step;
-        if (split_n)
-            gemm_range(&g, 0, M, lo, min_pd(hi, N), apack, bpack);
-        else
-            gemm_range(&g, lo, min_pd(hi, M), 0, N, apack, bpack);
+    /* One thread runs its share directly: a libgomp region, even of one thread, ends in a
+     * barrier that makes a futex system call (0.4 us, a third of a small product's call). */
+    if (nt == 1) {
+        gemm_share(&g, work, per_thread, a_floats, split_n, 0, 1);
+    } else {
+#pragma omp parallel num_threads((int)nt)
+        gemm_share(&g, work, per_thread, a_floats, split_n, omp_get_thread_num(),
+                   omp_get_num_threads());
     }
     free(own);
     return FM_OK;
