@@ -600,6 +600,24 @@ static int sgemm_dot(const fm_kernels *self, const gemm_args *g, float *work, in
     return FM_OK;
 }
 
+/* The cost of splitting the n rows (or columns) of C between nt threads, in vector FMA steps:
+ * the slowest thread's work beyond an even share when the panels of `step` are dealt as
+ * gemm_share deals them, each row (column) taking K x `other` / VLEN steps; plus `dup` floats
+ * of packing that every thread repeats, at PACK_STEPS steps per float (fitted on Zen 4 to the
+ * better split measured for 128x256x512 and 128x512x784 NN). */
+#define PACK_STEPS 1.5
+static double split_cost(ptrdiff_t n, ptrdiff_t step, ptrdiff_t other, ptrdiff_t K, ptrdiff_t nt,
+                         double dup)
+{
+    ptrdiff_t pan = (n + step - 1) / step, most = 0;
+    for (ptrdiff_t t = 0; t < nt; t++) {
+        ptrdiff_t len = min_pd(pan * (t + 1) / nt * step, n) - pan * t / nt * step;
+        if (len > most) most = len;
+    }
+    return ((double)most - (double)n / (double)nt) * (double)K * (double)other / VLEN +
+           PACK_STEPS * dup * (double)(nt - 1) / (double)nt;
+}
+
 /* Thread t of n_t: its share of the panels of N (split_n) or of M, packed into its own buffers
  * (a_floats for A, then B's) at work + t * per_thread. */
 static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_t a_floats,
@@ -660,6 +678,9 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
     /* Threads split N or M; each thread owns whole tiles of C (rule 4) and packs into its own
      * buffers, so there is no barrier and no shared scratch. Whatever is not split, each thread
      * reads (or packs) in full, so: N when it has more panels, or enough for every thread,
+     * unless split_cost finds M cheaper, because splitting N repeats the packing of A in every
+     * thread or deals its panels unevenly (Zen 4, 2 threads, paired runs: 512x256x512 NN 7%
+     * faster, 512x512x784 4%, 300x300x300 10%, 1000x100x100 15%; AVX2 alike or unchanged);
      * except
      *  - for a transposed A (the weight gradient X^T dZ, tall and narrow), where splitting M
      *    halves the packing of A and every thread reads the narrow B in place (Zen 4, 2 threads:
@@ -673,6 +694,12 @@ static int sgemm(const fm_kernels *self, int trans_a, int trans_b, ptrdiff_t M, 
     ptrdiff_t pan_n = (N + FM_NR - 1) / FM_NR, pan_m = (M + FM_MR - 1) / FM_MR;
     int split_n = ((trans_a && !trans_b) || K <= 32) ? pan_n > pan_m
                                                      : (pan_n >= pan_m || pan_n >= 2 * nthreads);
+    if (split_n && !(trans_a && !trans_b) && K > 32 && nthreads > 1) {
+        double dup_a = (double)M * (double)K * (N / nthreads > 2 * FM_NR); /* gemm_range packs A */
+        double dup_b = pack_b ? (double)K * (double)N : 0.0;
+        split_n = split_cost(N, FM_NR, M, K, nthreads, dup_a) <
+                  split_cost(M, FM_MR, N, K, nthreads, dup_b);
+    }
     ptrdiff_t nt = gemm_threads(M, N, K, nthreads, split_n ? pan_n : pan_m);
 
     /* Scratch sized for this problem, not for the largest blocks: a small product then gets a

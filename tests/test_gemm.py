@@ -400,8 +400,9 @@ def test_layout_zero_sized(isa):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("m,n,k", [(37, 2000, 300), (2000, 20, 500), (2000, 10, 300)],
-                         ids=["split_n", "split_m", "narrow_n"])
+@pytest.mark.parametrize("m,n,k", [(37, 2000, 300), (2000, 20, 500), (1000, 100, 100),
+                                   (2000, 10, 300)],
+                         ids=["split_n", "split_m", "split_m_by_cost", "narrow_n"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, True)])
 def test_thread_count_does_not_change_bits(isa, m, n, k, ta, tb):
     rng = np.random.default_rng(3)
