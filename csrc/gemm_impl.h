@@ -600,9 +600,16 @@ static int sgemm_dot(const fm_kernels *self, const gemm_args *g, float *work, in
     return FM_OK;
 }
 
+/* Where thread t of n_t starts when pan panels of `step` are dealt between threads: panels
+ * [pan t / n_t, pan (t + 1) / n_t), so shares differ by at most one panel. */
+static ptrdiff_t share_start(ptrdiff_t pan, ptrdiff_t step, ptrdiff_t t, ptrdiff_t n_t)
+{
+    return pan * t / n_t * step;
+}
+
 /* The cost of splitting the n rows (or columns) of C between nt threads, in vector FMA steps:
  * the slowest thread's work beyond an even share when the panels of `step` are dealt as
- * gemm_share deals them, each row (column) taking K x `other` / VLEN steps; plus `dup` floats
+ * share_start deals them, each row (column) taking K x `other` / VLEN steps; plus `dup` floats
  * of packing that every thread repeats, at PACK_STEPS steps per float (fitted on Zen 4 to the
  * better split measured for 128x256x512 and 128x512x784 NN). */
 #define PACK_STEPS 1.5
@@ -611,7 +618,8 @@ static double split_cost(ptrdiff_t n, ptrdiff_t step, ptrdiff_t other, ptrdiff_t
 {
     ptrdiff_t pan = (n + step - 1) / step, most = 0;
     for (ptrdiff_t t = 0; t < nt; t++) {
-        ptrdiff_t len = min_pd(pan * (t + 1) / nt * step, n) - pan * t / nt * step;
+        ptrdiff_t len = min_pd(share_start(pan, step, t + 1, nt), n) -
+                        share_start(pan, step, t, nt);
         if (len > most) most = len;
     }
     return ((double)most - (double)n / (double)nt) * (double)K * (double)other / VLEN +
@@ -627,7 +635,7 @@ static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_
     float *bpack = align64(apack + a_floats);
     ptrdiff_t pan = split_n ? (g->N + FM_NR - 1) / FM_NR : (g->M + FM_MR - 1) / FM_MR;
     ptrdiff_t step = split_n ? FM_NR : FM_MR;
-    ptrdiff_t lo = pan * t / n_t * step, hi = pan * (t + 1) / n_t * step;
+    ptrdiff_t lo = share_start(pan, step, t, n_t), hi = share_start(pan, step, t + 1, n_t);
     if (split_n)
         gemm_range(g, 0, g->M, lo, min_pd(hi, g->N), apack, bpack);
     else
