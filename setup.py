@@ -5,22 +5,23 @@ translation units use target pragmas, so the baseline flags below stay portable.
 flags that tune for the build machine's CPU or relax IEEE arithmetic (see README, "Building").
 """
 import os
+import platform
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-SOURCES = [
-    "fastmlp/_kernels.pyx",
-    "csrc/dispatch.c",
-    "csrc/isa_generic.c",
-    "csrc/isa_avx2.c",
-    "csrc/isa_avx512.c",
-]
+# The AVX2 and AVX-512 paths are x86-64 code: elsewhere the generic path is the one built.
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+SOURCES = ["fastmlp/_kernels.pyx", "csrc/dispatch.c", "csrc/isa_generic.c"] + (
+    ["csrc/isa_avx2.c", "csrc/isa_avx512.c"] if X86_64 else [])
 
 # -ffp-contract=off: FMAs appear only where the kernels ask for them, so the order and rounding of
 # every sum is fixed by the source (the determinism contract in csrc/fastmlp.h relies on it).
-CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-std=gnu11"]
+# -Werror=incompatible-pointer-types: an ISA's kernel that drifts from its prototype in fastmlp.h
+# does not compile (csrc/kernels.h declares the table from those prototypes).
+CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-std=gnu11",
+          "-Werror=incompatible-pointer-types"]
 DEBUG = os.environ.get("FASTMLP_DEBUG", "") not in ("", "0")
 
 # The bindings use NumPy's C API. Built against NumPy 2 (pyproject.toml), the module runs on any

@@ -1,6 +1,7 @@
 /* dispatch.c: run-time choice of the ISA path, and the public entry points of fastmlp.h, each a
  * call through the active table. The table is chosen once at import (the Python layer reads
- * FASTMLP_ISA and calls fm_set_isa); tests switch it to cover every path in one run. */
+ * FASTMLP_ISA and calls fm_set_isa); tests switch it to cover every path in one run. The AVX2 and
+ * AVX-512 tables exist on x86-64 only; elsewhere the generic path is the one there is. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,28 +9,29 @@
 
 #include "kernels.h"
 
-static fm_kernels *const tables[FM_ISA_COUNT] = {&fm_kernels_generic, &fm_kernels_avx2,
-                                                 &fm_kernels_avx512};
-static const char *const names[FM_ISA_COUNT] = {"generic", "avx2", "avx512"};
+#if defined(__x86_64__)
+static fm_kernels *const tables[FM_ISA_COUNT] = {
+    [FM_ISA_GENERIC] = &fm_kernels_generic, [FM_ISA_AVX2] = &fm_kernels_avx2,
+    [FM_ISA_AVX512] = &fm_kernels_avx512};
+#else
+static fm_kernels *const tables[FM_ISA_COUNT] = {[FM_ISA_GENERIC] = &fm_kernels_generic};
+#endif
 
 /* Starts at the generic path so that a kernel called before fm_set_isa is still correct. */
 static fm_kernels *active = &fm_kernels_generic;
 
 int fm_cpu_supports(int isa)
 {
+    if (isa == FM_ISA_GENERIC) return 1;
+#if defined(__x86_64__)
     /* __builtin_cpu_supports also checks that the OS saves the wider registers (xgetbv). */
     __builtin_cpu_init();
-    switch (isa) {
-    case FM_ISA_GENERIC:
-        return 1;
-    case FM_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case FM_ISA_AVX512:
+    if (isa == FM_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == FM_ISA_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    default:
-        return 0;
-    }
+#endif
+    return 0;
 }
 
 int fm_set_isa(int isa)
@@ -41,18 +43,22 @@ int fm_set_isa(int isa)
 
 int fm_get_isa(void) { return active->isa; }
 
-const char *fm_isa_name(int isa) { return isa >= 0 && isa < FM_ISA_COUNT ? names[isa] : "unknown"; }
+/* The table of an ISA this build has, else the generic one. */
+static fm_kernels *table(int isa)
+{
+    return isa >= 0 && isa < FM_ISA_COUNT && tables[isa] ? tables[isa] : &fm_kernels_generic;
+}
 
 void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
 {
-    const fm_kernels *k = tables[isa >= 0 && isa < FM_ISA_COUNT ? isa : 0];
+    const fm_kernels *k = table(isa);
     *mr = k->mr, *nr = k->nr, *kc = k->kc, *mc = k->mc, *nc = k->nc;
 }
 
 int fm_set_blocks(int isa, int kc, int mc, int nc)
 {
-    if (isa < 0 || isa >= FM_ISA_COUNT || kc < 1 || kc > 8192 || mc < 1 || mc > 8192 || nc < 1 ||
-        nc > 65536)
+    if (isa < 0 || isa >= FM_ISA_COUNT || !tables[isa] || kc < 1 || kc > 8192 || mc < 1 ||
+        mc > 8192 || nc < 1 || nc > 65536)
         return FM_EINVAL;
     fm_kernels *k = tables[isa];
     k->kc = kc, k->mc = mc, k->nc = nc;
@@ -60,10 +66,11 @@ int fm_set_blocks(int isa, int kc, int mc, int nc)
 }
 
 /* Valid for every path, so a workspace survives a switch of ISA. */
-size_t fm_sgemm_work_size(int nthreads)
+size_t fm_matmul_work_size(int nthreads)
 {
     size_t most = 0;
     for (int i = 0; i < FM_ISA_COUNT; i++) {
+        if (!tables[i]) continue;
         size_t f = fm_gemm_thread_floats(tables[i]);
         most = f > most ? f : most;
     }
@@ -71,6 +78,33 @@ size_t fm_sgemm_work_size(int nthreads)
 }
 
 static inline const fm_kernels *cur(void) { return __atomic_load_n(&active, __ATOMIC_ACQUIRE); }
+
+/* ---- Names (fastmlp.h): designated initializers tie each name to its enum value ---- */
+
+static const char *const activation_names[FM_ACT_COUNT] = {
+    [FM_ACT_IDENTITY] = "identity", [FM_ACT_RELU] = "relu", [FM_ACT_LEAKY_RELU] = "leaky_relu",
+    [FM_ACT_TANH] = "tanh", [FM_ACT_LOGISTIC] = "logistic", [FM_ACT_GELU] = "gelu"};
+static const char *const isa_names[FM_ISA_COUNT] = {
+    [FM_ISA_GENERIC] = "generic", [FM_ISA_AVX2] = "avx2", [FM_ISA_AVX512] = "avx512"};
+static const char *const path_names[FM_PATH_COUNT] = {
+    [FM_PATH_BLOCKED] = "blocked", [FM_PATH_BLOCKED_CT] = "blocked_ct", [FM_PATH_DOT] = "dot"};
+static const char *const kernel_names[FM_K_COUNT] = {
+    [FM_K_MATMUL] = "matmul", [FM_K_BIAS_ACTIVATION] = "bias_activation",
+    [FM_K_ACTIVATION_BACKWARD] = "activation_backward", [FM_K_BIAS_GRAD] = "bias_grad",
+    [FM_K_SOFTMAX_CROSS_ENTROPY] = "softmax_cross_entropy",
+    [FM_K_SIGMOID_CROSS_ENTROPY] = "sigmoid_cross_entropy", [FM_K_MSE_LOSS] = "mse_loss",
+    [FM_K_SGD_UPDATE] = "sgd_update", [FM_K_RMSPROP_UPDATE] = "rmsprop_update",
+    [FM_K_ADAM_UPDATE] = "adam_update"};
+
+static const char *name_of(const char *const *names, int count, int i)
+{
+    return i >= 0 && i < count && names[i] ? names[i] : "unknown";
+}
+
+const char *fm_activation_name(int act) { return name_of(activation_names, FM_ACT_COUNT, act); }
+const char *fm_isa_name(int isa) { return name_of(isa_names, FM_ISA_COUNT, isa); }
+const char *fm_path_name(int path) { return name_of(path_names, FM_PATH_COUNT, path); }
+const char *fm_kernel_name(int kernel) { return name_of(kernel_names, FM_K_COUNT, kernel); }
 
 /* ---- Profiling (fastmlp.h): a fixed table behind a mutex; the entries below test `profiling`
  * with one atomic load and go straight to the kernel when it is off. ---- */
@@ -80,14 +114,6 @@ static int profiling;
 static pthread_mutex_t prof_lock = PTHREAD_MUTEX_INITIALIZER;
 static fm_prof_entry prof_table[PROF_SLOTS];
 static int prof_used;
-static const char *const kernel_names[FM_K_COUNT] = {
-    "matmul", "bias_activation", "activation_backward", "bias_grad", "softmax_cross_entropy",
-    "sigmoid_cross_entropy", "mse_loss", "sgd_update", "rmsprop_update", "adam_update"};
-
-const char *fm_kernel_name(int kernel)
-{
-    return kernel >= 0 && kernel < FM_K_COUNT ? kernel_names[kernel] : "unknown";
-}
 
 static inline int prof_on(void) { return __atomic_load_n(&profiling, __ATOMIC_RELAXED); }
 
@@ -100,21 +126,32 @@ static double now(void)
 
 static fm_prof_entry prof_overflow[FM_K_COUNT]; /* shapes beyond the table, per kernel */
 
-static void prof_add(int kernel, int flags, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double seconds,
-                     double flops, double bytes)
+/* What a call is recorded under: the kernel, its variant and its shape. */
+typedef struct {
+    int kernel, act, grad_act, path, flags;
+    ptrdiff_t m, n, k;
+} prof_key;
+
+static int same_key(const fm_prof_entry *e, const prof_key *key)
+{
+    return e->kernel == key->kernel && e->act == key->act && e->grad_act == key->grad_act &&
+           e->path == key->path && e->flags == key->flags && e->m == key->m && e->n == key->n &&
+           e->k == key->k;
+}
+
+static void prof_add(const prof_key *key, double seconds, double flops, double bytes)
 {
     pthread_mutex_lock(&prof_lock);
     if (profiling) {
         fm_prof_entry *e = NULL;
-        for (int i = 0; i < prof_used && !e; i++) {
-            fm_prof_entry *t = &prof_table[i];
-            if (t->kernel == kernel && t->flags == flags && t->m == m && t->n == n && t->k == k) e = t;
-        }
+        for (int i = 0; i < prof_used && !e; i++)
+            if (same_key(&prof_table[i], key)) e = &prof_table[i];
         if (!e && prof_used < PROF_SLOTS) {
             e = &prof_table[prof_used++];
-            *e = (fm_prof_entry){kernel, flags, m, n, k, 0, 0.0, 0.0, 0.0};
+            *e = (fm_prof_entry){key->kernel, key->act, key->grad_act, key->path, key->flags,
+                                 key->m, key->n, key->k, 0, 0.0, 0.0, 0.0};
         }
-        if (!e) e = &prof_overflow[kernel];
+        if (!e) e = &prof_overflow[key->kernel];
         e->calls++;
         e->seconds += seconds;
         e->flops += flops;
@@ -132,7 +169,8 @@ int fm_profile_start(void)
     } else {
         prof_used = 0;
         for (int i = 0; i < FM_K_COUNT; i++)
-            prof_overflow[i] = (fm_prof_entry){i, -1, -1, -1, -1, 0, 0.0, 0.0, 0.0};
+            prof_overflow[i] = (fm_prof_entry){i, FM_ACT_IDENTITY, FM_ACT_IDENTITY, -1, 0,
+                                               -1, -1, -1, 0, 0.0, 0.0, 0.0};
         __atomic_store_n(&profiling, 1, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&prof_lock);
@@ -151,114 +189,140 @@ int fm_profile_stop(fm_prof_entry *out, int capacity)
     return n;
 }
 
-/* Times `call` and records it when profiling is on. */
-#define PROFILED(kernel, flags, m, n, k, flops, bytes, call)                                     \
-    do {                                                                                      \
-        if (!prof_on()) {                                                                     \
-            call;                                                                             \
-        } else {                                                                              \
-            double t0_ = now();                                                               \
-            call;                                                                             \
-            prof_add(kernel, flags, m, n, k, now() - t0_, (double)(flops), (double)(bytes));  \
-        }                                                                                     \
+/* Times `call` and records it under `key` when profiling is on. */
+#define PROFILED(key, flops, bytes, call)                                                    \
+    do {                                                                                     \
+        if (!prof_on()) {                                                                    \
+            call;                                                                            \
+        } else {                                                                             \
+            double t0_ = now();                                                              \
+            call;                                                                            \
+            prof_add(&(key), now() - t0_, (double)(flops), (double)(bytes));                 \
+        }                                                                                    \
     } while (0)
+
+/* The key of an elementwise kernel's call: a kernel, an activation, flags and an M x N shape. */
+#define KEY(kernel, act, flags, m, n) ((prof_key){kernel, act, FM_ACT_IDENTITY, -1, flags, m, n, 0})
 
 #define F4 4.0 /* bytes per float */
 
-int fm_sgemm(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
-             const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
-             ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
+int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                   ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan)
+{
+    return cur()->plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, plan);
+}
+
+int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
+              const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
+              ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
 {
     const fm_kernels *k = cur();
-    int r;
-    int flags = trans_a | trans_b << 1 |
-                (ep ? (ep->bias != NULL) << 2 | ep->act << 3 | ep->grad_act << 6 : 0);
+    if (!prof_on())
+        return k->matmul(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, work,
+                         nthreads);
+    fm_matmul_plan plan; /* the plan is pure: computing it again only to name the path */
+    k->plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, &plan);
+    prof_key key = {FM_K_MATMUL, ep ? ep->act : FM_ACT_IDENTITY,
+                    ep ? ep->grad_act : FM_ACT_IDENTITY, plan.path,
+                    (trans_a ? FM_PROF_TRANS_A : 0) | (trans_b ? FM_PROF_TRANS_B : 0) |
+                        (ep && ep->bias ? FM_PROF_BIAS : 0),
+                    M, N, K};
     double mn = (double)M * (double)N;
     double bytes = F4 * ((double)M * K + (double)K * N + mn * (beta != 0.0f ? 2 : 1) +
                          (ep && ep->bias ? N : 0) + (ep && ep->y ? mn : 0) + (ep && ep->z ? mn : 0));
-    PROFILED(FM_K_SGEMM, flags, M, N, K, 2.0 * mn * (double)K, bytes,
-             r = k->sgemm(k, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep,
-                          work, nthreads));
+    int r;
+    PROFILED(key, 2.0 * mn * (double)K, bytes,
+             r = k->matmul(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep,
+                           work, nthreads));
     return r;
 }
 
-void fm_bias_act_forward(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
-                         float slope, float *Y, int nthreads)
+void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
+                        float slope, float *Y, int nthreads)
 {
     double mn = (double)M * (double)N;
-    PROFILED(FM_K_BIAS_ACT, act, M, N, 0, mn * ((bias != NULL) + (act != 0)),
-             F4 * (2 * mn + (bias ? N : 0)),
-             cur()->bias_act_forward(M, N, Z, bias, act, slope, Y, nthreads));
+    prof_key key = KEY(FM_K_BIAS_ACTIVATION, act, 0, M, N);
+    PROFILED(key, mn * ((bias != NULL) + (act != FM_ACT_IDENTITY)), F4 * (2 * mn + (bias ? N : 0)),
+             cur()->bias_activation(M, N, Z, bias, act, slope, Y, nthreads));
 }
 
-void fm_act_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y, const float *Z,
-                     int act, float slope, float *dZ, int nthreads)
+void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                            const float *Z, int act, float slope, float *dZ, int nthreads)
 {
     double mn = (double)M * (double)N;
-    PROFILED(FM_K_ACT_BACKWARD, act, M, N, 0, mn * (act != 0), F4 * mn * (2 + (Y != NULL) + (Z != NULL)),
-             cur()->act_backward(M, N, dY, Y, Z, act, slope, dZ, nthreads));
+    prof_key key = KEY(FM_K_ACTIVATION_BACKWARD, act, 0, M, N);
+    PROFILED(key, mn * (act != FM_ACT_IDENTITY), F4 * mn * (2 + (Y != NULL) + (Z != NULL)),
+             cur()->activation_backward(M, N, dY, Y, Z, act, slope, dZ, nthreads));
 }
 
 void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
 {
     double mn = (double)M * (double)N;
-    PROFILED(FM_K_BIAS_GRAD, 0, M, N, 0, mn, F4 * (mn + N), cur()->bias_grad(M, N, dZ, db, nthreads));
+    prof_key key = KEY(FM_K_BIAS_GRAD, FM_ACT_IDENTITY, 0, M, N);
+    PROFILED(key, mn, F4 * (mn + N), cur()->bias_grad(M, N, dZ, db, nthreads));
 }
 
-int fm_softmax_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
-                    const float *w, float *dZ, double *loss, int nthreads)
+int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
+                             const float *w, float *dZ, double *loss, int nthreads)
 {
     int r;
     double mn = (double)M * (double)N;
-    PROFILED(FM_K_SOFTMAX_XENT, 0, M, N, 0, 4 * mn, F4 * (2 * mn + M + (w ? M : 0)),
-             r = cur()->softmax_xent(M, N, Z, labels, w, dZ, loss, nthreads));
+    prof_key key = KEY(FM_K_SOFTMAX_CROSS_ENTROPY, FM_ACT_IDENTITY, 0, M, N);
+    PROFILED(key, 4 * mn, F4 * (2 * mn + M + (w ? M : 0)),
+             r = cur()->softmax_cross_entropy(M, N, Z, labels, w, dZ, loss, nthreads));
     return r;
 }
 
-int fm_sigmoid_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
-                    float *dZ, double *loss, int nthreads)
+int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
+                             const float *w, float *dZ, double *loss, int nthreads)
 {
     int r;
     double mn = (double)M * (double)N;
-    PROFILED(FM_K_SIGMOID_XENT, 0, M, N, 0, 8 * mn, F4 * (3 * mn + (w ? M : 0)),
-             r = cur()->sigmoid_xent(M, N, Z, T, w, dZ, loss, nthreads));
+    prof_key key = KEY(FM_K_SIGMOID_CROSS_ENTROPY, FM_ACT_IDENTITY, 0, M, N);
+    PROFILED(key, 8 * mn, F4 * (3 * mn + (w ? M : 0)),
+             r = cur()->sigmoid_cross_entropy(M, N, Z, T, w, dZ, loss, nthreads));
     return r;
 }
 
-int fm_mse(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w, float *dP,
-           double *loss, int nthreads)
+int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
+                float *dP, double *loss, int nthreads)
 {
     int r;
     double mn = (double)M * (double)N;
-    PROFILED(FM_K_MSE, 0, M, N, 0, 4 * mn, F4 * (3 * mn + (w ? M : 0)),
-             r = cur()->mse(M, N, P, T, w, dP, loss, nthreads));
+    prof_key key = KEY(FM_K_MSE_LOSS, FM_ACT_IDENTITY, 0, M, N);
+    PROFILED(key, 4 * mn, F4 * (3 * mn + (w ? M : 0)),
+             r = cur()->mse_loss(M, N, P, T, w, dP, loss, nthreads));
     return r;
 }
 
-void fm_sgd(ptrdiff_t n, float *p, const float *g, double lr, double l2, double momentum,
-            int nesterov, float *vel, int nthreads)
+void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2,
+                   double momentum, int nesterov, float *vel, int nthreads)
 {
     int with_mom = momentum != 0.0;
-    PROFILED(FM_K_SGD, with_mom | nesterov << 1, 0, n, 0, (double)n * (with_mom ? 6 : 4),
-             F4 * (double)n * (with_mom ? 5 : 3),
-             cur()->sgd(n, p, g, lr, l2, momentum, nesterov, vel, nthreads));
+    prof_key key = KEY(FM_K_SGD_UPDATE, FM_ACT_IDENTITY,
+                       (with_mom ? FM_PROF_MOMENTUM : 0) | (nesterov ? FM_PROF_NESTEROV : 0), 0, n);
+    PROFILED(key, (double)n * (with_mom ? 6 : 4), F4 * (double)n * (with_mom ? 5 : 3),
+             cur()->sgd_update(n, p, g, lr, l2, momentum, nesterov, vel, nthreads));
 }
 
-void fm_rmsprop(ptrdiff_t n, float *p, const float *g, float *sq, double lr, double rho,
-                double eps, double l2, int nthreads)
+void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr,
+                       double rho, double eps, double l2, int nthreads)
 {
-    PROFILED(FM_K_RMSPROP, 0, 0, n, 0, (double)n * 10, F4 * (double)n * 5,
-             cur()->rmsprop(n, p, g, sq, lr, rho, eps, l2, nthreads));
+    prof_key key = KEY(FM_K_RMSPROP_UPDATE, FM_ACT_IDENTITY, 0, 0, n);
+    PROFILED(key, (double)n * 10, F4 * (double)n * 5,
+             cur()->rmsprop_update(n, p, g, sq, lr, rho, eps, l2, nthreads));
 }
 
-void fm_adam(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr,
-             double b1, double b2, double eps, double l2, double wd, int nthreads)
+void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
+                    double lr, double b1, double b2, double eps, double l2, double wd,
+                    int nthreads)
 {
-    PROFILED(FM_K_ADAM, wd != 0.0, 0, n, 0, (double)n * 14, F4 * (double)n * 7,
-             cur()->adam(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, nthreads));
+    prof_key key = KEY(FM_K_ADAM_UPDATE, FM_ACT_IDENTITY, wd != 0.0 ? FM_PROF_WEIGHT_DECAY : 0, 0, n);
+    PROFILED(key, (double)n * 14, F4 * (double)n * 7,
+             cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, nthreads));
 }
 
 double fm_measure_peak_gflops(double seconds, int nthreads)
 {
-    return cur()->peak_gflops(seconds, nthreads > 0 ? nthreads : 1);
+    return cur()->measure_peak_gflops(seconds, nthreads > 0 ? nthreads : 1);
 }

@@ -48,7 +48,7 @@ enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_COUNT = 3 
 
 /* What the GEMM does to each element of C after the product, once, in registers, on the last
  * pass over K. Forward: c = act(c + bias[j]). Backward: c = c * act'(.) where act' is computed
- * from y (activation output) or, for GELU, z (pre-activation), exactly as fm_act_backward does.
+ * from y (activation output) or, for GELU, z (pre-activation), exactly as fm_activation_backward does.
  * act and grad_act are never both set (the bindings reject it). */
 typedef struct {
     const float *bias;     /* IN [N] or NULL */
@@ -66,29 +66,55 @@ typedef struct {
 /* C[M,N] = epilogue(alpha * op(A)[M,K] @ op(B)[K,N] + beta * C), op(X) = X or X^T.
  * A: IN, stored [M,K] (lda) or, with trans_a, [K,M]. B: IN, stored [K,N] (ldb) or, with trans_b,
  * [N,K]. C: INOUT [M,N] (ldc); with beta == 0 C is not read (NaN in it does not propagate).
- * ep: IN or NULL. work: scratch of fm_sgemm_work_size(nthreads) floats, or NULL to allocate per
- * call. Summation order (rule 4): K is cut into the fewest blocks of at most the ISA's KC, all
- * of one length but the last, which may be shorter; each block's products are accumulated in k
- * order with FMAs from zero, and C = alpha*s0 + beta*C, C += alpha*s_b for the later blocks,
- * then the epilogue. Except for a narrow N with A not transposed (N <= VLEN, K long enough:
- * use_dot in gemm_impl.h, e.g. 10 classes from 256 features): K is not blocked, lane l of a
- * VLEN-wide accumulator adds the products of k = l, l + VLEN, ... in k order with FMAs from
- * zero, the lanes are added as a fixed pairwise tree into s, then C = alpha*s + beta*C and the
- * epilogue. Returns FM_OK or FM_ENOMEM. */
-int fm_sgemm(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
-             const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
-             float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads);
-size_t fm_sgemm_work_size(int nthreads);
+ * ep: IN or NULL. work: scratch of fm_matmul_work_size(nthreads) floats, or NULL to allocate per
+ * call. The product runs as fm_plan_matmul decides. Summation order (rule 4): on the blocked
+ * paths K is cut into the fewest blocks of at most the ISA's KC, all of one length but the last,
+ * which may be shorter; each block's products are accumulated in k order with FMAs from zero,
+ * and C = alpha*s0 + beta*C, C += alpha*s_b for the later blocks, then the epilogue. On the dot
+ * path (FM_PATH_DOT: a narrow N with A not transposed, e.g. 10 classes from 256 features): K is
+ * not blocked, lane l of a VLEN-wide accumulator adds the products of k = l, l + VLEN, ... in k
+ * order with FMAs from zero, the lanes are added as a fixed pairwise tree into s, then
+ * C = alpha*s + beta*C and the epilogue. Returns FM_OK or FM_ENOMEM. */
+int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
+              const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
+              float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads);
+size_t fm_matmul_work_size(int nthreads);
+
+/* How fm_matmul runs a product (its paths, in the order fm_plan_matmul tries them):
+ *  FM_PATH_DOT         narrow N, A not transposed: dot products along k (N and K decide it,
+ *                      never M, so a row alone is summed as it is inside a batch);
+ *  FM_PATH_BLOCKED_CT  narrow N, A transposed: the blocked loops compute C^T = op(B)^T op(A)^T,
+ *                      whose vectors run along M, and store its tiles transposed (the same chain
+ *                      of FMAs for every element: the bits are those of FM_PATH_BLOCKED);
+ *  FM_PATH_BLOCKED     the Goto/BLIS loops over packed (or in-place) panels. */
+enum { FM_PATH_BLOCKED = 0, FM_PATH_BLOCKED_CT = 1, FM_PATH_DOT = 2, FM_PATH_COUNT = 3 };
+
+/* A product's plan: every decision fm_matmul makes, from the shapes, the transpose flags, the
+ * leading dimensions, the thread limit and the active ISA's blocks, before it touches data. */
+typedef struct {
+    int path;            /* FM_PATH_* */
+    int threads;         /* threads it runs on; 1 runs without entering OpenMP */
+    int split_n;         /* the threads divide N's panels (1) or M's (0); the dot path: M */
+    int pack_b;          /* blocked paths: B is packed into panels rather than read in place */
+    int kc, mc, nc;      /* blocks: kc the length of K's equal blocks (the dot path: K) */
+    size_t a_floats;     /* per-thread scratch: packed A (blocked paths) */
+    size_t b_floats;     /* per-thread scratch: packed B (blocked), B^T (dot; 0 when B^T is B) */
+} fm_matmul_plan;
+
+/* The plan of fm_matmul's product with these arguments on the active ISA (no data is read).
+ * M, N or K may be 0. Returns FM_OK. */
+int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                   ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan);
 
 /* ---- Activations --------------------------------------------------------------------------- */
 
 /* Z[M,N], bias[N] -> Y[M,N] = act(Z + bias). Z: IN, bias: IN or NULL, Y: OUT (may alias Z). */
-void fm_bias_act_forward(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
-                         float slope, float *Y, int nthreads);
+void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
+                        float slope, float *Y, int nthreads);
 /* dY[M,N], Y[M,N], Z[M,N] -> dZ[M,N] = dY * act'(Z), from Y (relu, leaky_relu, tanh, logistic)
  * or Z (gelu); the unused one may be NULL. dY, Y, Z: IN; dZ: OUT (may alias dY). */
-void fm_act_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y, const float *Z,
-                     int act, float slope, float *dZ, int nthreads);
+void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                            const float *Z, int act, float slope, float *dZ, int nthreads);
 
 /* dZ[M,N] -> db[N] = sum over rows of dZ, each column summed in row order. dZ: IN, db: OUT. */
 void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads);
@@ -100,16 +126,16 @@ void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthr
 /* Z[M,N] logits, labels[M] in [0,N) -> loss = (1/M) sum_i w_i (logsumexp(Z_i) - Z_i[y_i]),
  * dZ = w_i (softmax(Z_i) - onehot(y_i)) / M. Returns FM_EINVAL (nothing written) if a label is
  * out of range. */
-int fm_softmax_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
-                    const float *w, float *dZ, double *loss, int nthreads);
+int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
+                             const float *w, float *dZ, double *loss, int nthreads);
 /* Z[M,N] logits, T[M,N] targets in [0,1] -> loss = (1/M) sum_i w_i sum_j
  * (max(z,0) - z t + log1p(exp(-|z|))), dZ = w_i (sigmoid(z) - t) / M. */
-int fm_sigmoid_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
-                    float *dZ, double *loss, int nthreads);
+int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
+                             const float *w, float *dZ, double *loss, int nthreads);
 /* P[M,N] predictions, T[M,N] targets -> loss = (1/(M N)) sum_i w_i sum_j (p - t)^2 / 2,
  * dP = w_i (p - t) / (M N): half the mean squared error, as scikit-learn's squared loss. */
-int fm_mse(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w, float *dP,
-           double *loss, int nthreads);
+int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
+                float *dP, double *loss, int nthreads);
 
 /* ---- Optimizer updates: one pass over parameter, gradient and state ------------------------ */
 /* p[n]: INOUT, g[n]: IN, state: INOUT. Every update first forms g' = g + l2 * p.
@@ -118,23 +144,23 @@ int fm_mse(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float
 
 /* momentum == 0: p -= lr g'. Otherwise (scikit-learn's form) vel = momentum vel - lr g';
  * p += vel, or with nesterov p += momentum vel - lr g'. vel may be NULL when momentum == 0. */
-void fm_sgd(ptrdiff_t n, float *p, const float *g, double lr, double l2, double momentum,
-            int nesterov, float *vel, int nthreads);
+void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2,
+                   double momentum, int nesterov, float *vel, int nthreads);
 /* sq = rho sq + (1 - rho) g'^2; p -= lr g' / (sqrt(sq) + eps). */
-void fm_rmsprop(ptrdiff_t n, float *p, const float *g, float *sq, double lr, double rho,
-                double eps, double l2, int nthreads);
+void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr,
+                       double rho, double eps, double l2, int nthreads);
 /* m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2; lr_t = lr sqrt(1-b2^t) / (1-b1^t);
  * p = p (1 - lr wd) - lr_t m / (sqrt(v) + eps). wd > 0 is AdamW (decoupled weight decay).
  * step t >= 1. */
-void fm_adam(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr,
-             double b1, double b2, double eps, double l2, double wd, int nthreads);
+void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
+                    double lr, double b1, double b2, double eps, double l2, double wd,
+                    int nthreads);
 
 /* ---- Run-time dispatch ----------------------------------------------------------------------- */
 
 int fm_cpu_supports(int isa);          /* 1 if this CPU (and OS) can run the ISA path */
 int fm_set_isa(int isa);               /* FM_OK, or FM_EINVAL if unsupported: nothing changes */
 int fm_get_isa(void);
-const char *fm_isa_name(int isa);
 /* Block sizes of an ISA's GEMM (MR, NR fixed at compile time; KC, MC, NC tunable). */
 void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc);
 int fm_set_blocks(int isa, int kc, int mc, int nc);   /* FM_EINVAL if out of range */
@@ -142,23 +168,31 @@ int fm_set_blocks(int isa, int kc, int mc, int nc);   /* FM_EINVAL if out of ran
  * independent FMAs: GFLOP/s (2 flops per FMA lane). */
 double fm_measure_peak_gflops(double seconds, int nthreads);
 
-
 /* ---- Profiling ----------------------------------------------------------------------------------
  * While on, every public kernel entry above adds its wall time, and FLOPs and bytes by formula,
- * to a table keyed by (kernel, shape, flags); calls from any thread count. Off (the default), an
- * entry costs one atomic load and a branch. The formulas: GEMM 2MNK flops, and reads of A, B, C
- * (if beta != 0), bias and y/z plus the write of C; elementwise kernels one flop per element per
- * arithmetic step of their definition (documented in fastmlp/profiler.py) and every array read or
- * written once. */
+ * to a table keyed by (kernel, variant, shape); calls from any thread count. Off (the default),
+ * an entry costs one atomic load and a branch. The formulas: GEMM 2MNK flops, and reads of A, B,
+ * C (if beta != 0), bias and y/z plus the write of C; elementwise kernels one flop per element
+ * per arithmetic step of their definition (documented in fastmlp/tools/profiler.py) and every
+ * array read or written once. */
 enum {
-    FM_K_SGEMM = 0, FM_K_BIAS_ACT = 1, FM_K_ACT_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
-    FM_K_SOFTMAX_XENT = 4, FM_K_SIGMOID_XENT = 5, FM_K_MSE = 6, FM_K_SGD = 7, FM_K_RMSPROP = 8,
-    FM_K_ADAM = 9, FM_K_COUNT = 10
+    FM_K_MATMUL = 0, FM_K_BIAS_ACTIVATION = 1, FM_K_ACTIVATION_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
+    FM_K_SOFTMAX_CROSS_ENTROPY = 4, FM_K_SIGMOID_CROSS_ENTROPY = 5, FM_K_MSE_LOSS = 6,
+    FM_K_SGD_UPDATE = 7, FM_K_RMSPROP_UPDATE = 8, FM_K_ADAM_UPDATE = 9, FM_K_COUNT = 10
+};
+/* Variant bits of a profile entry. */
+enum {
+    FM_PROF_TRANS_A = 1, FM_PROF_TRANS_B = 2, FM_PROF_BIAS = 4,  /* matmul */
+    FM_PROF_MOMENTUM = 8, FM_PROF_NESTEROV = 16,                 /* sgd_update */
+    FM_PROF_WEIGHT_DECAY = 32                                    /* adam_update */
 };
 typedef struct {
-    int kernel;
-    int flags;          /* GEMM: trans_a | trans_b << 1 | bias << 2 | act << 3 | grad_act << 6;
-                           otherwise the activation (or nesterov/momentum for sgd) */
+    int kernel;         /* FM_K_* */
+    int act;            /* FM_ACT_*: matmul's forward epilogue, or bias_activation's or
+                           activation_backward's activation */
+    int grad_act;       /* FM_ACT_*: matmul's backward epilogue */
+    int path;           /* FM_PATH_* of a matmul (its plan); -1 for the other kernels */
+    int flags;          /* FM_PROF_* */
     ptrdiff_t m, n, k;  /* the shape (n = element count for optimizers) */
     long calls;
     double seconds, flops, bytes;
@@ -168,6 +202,11 @@ int fm_profile_start(void);                          /* FM_EINVAL if already on 
 /* Turns profiling off and copies out at most capacity entries (shapes past the table's 512 are
  * folded into one entry per kernel with m = n = k = -1); returns how many were written. */
 int fm_profile_stop(fm_prof_entry *out, int capacity);
-const char *fm_kernel_name(int kernel);
+
+/* ---- Names: one per enum value, the names the Python layer uses ("unknown" out of range) --- */
+const char *fm_activation_name(int act);   /* FM_ACT_*: "identity", "relu", ... */
+const char *fm_isa_name(int isa);          /* FM_ISA_*: "generic", "avx2", "avx512" */
+const char *fm_path_name(int path);        /* FM_PATH_*: "blocked", "blocked_ct", "dot" */
+const char *fm_kernel_name(int kernel);    /* FM_K_*: the kernel's Python name, "matmul", ... */
 
 #endif

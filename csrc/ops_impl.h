@@ -11,7 +11,6 @@
  *     elements each).
  */
 #include <math.h>
-#include <omp.h>
 
 #define MIN_PER_THREAD 32768
 
@@ -25,8 +24,8 @@ static inline int threads_for(ptrdiff_t work, int nthreads)
 /* ---- Activations ------------------------------------------------------------------------------ */
 
 /* Z[M,N], bias[N] -> Y[M,N] = act(Z + bias) */
-static void bias_act_forward(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
-                             float slope, float *Y, int nthreads)
+static void bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
+                            float slope, float *Y, int nthreads)
 {
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
@@ -34,14 +33,14 @@ static void bias_act_forward(ptrdiff_t M, ptrdiff_t N, const float *Z, const flo
             int n = (int)(N - j);
             vf x = vload_n(Z + i * N + j, n);
             if (bias) x = x + vload_n(bias + j, n);
-            vstore_n(Y + i * N + j, act_forward(x, act, slope), n);
+            vstore_n(Y + i * N + j, vact_forward(x, act, slope), n);
         }
     }
 }
 
 /* dY[M,N], Y[M,N] or Z[M,N] -> dZ[M,N] = dY * act'(.) */
-static void act_backward_k(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
-                           const float *Z, int act, float slope, float *dZ, int nthreads)
+static void activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                                const float *Z, int act, float slope, float *dZ, int nthreads)
 {
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
@@ -49,7 +48,7 @@ static void act_backward_k(ptrdiff_t M, ptrdiff_t N, const float *dY, const floa
             int n = (int)(N - j);
             vf y = Y ? vload_n(Y + i * N + j, n) : vsplat(0.0f);
             vf z = Z ? vload_n(Z + i * N + j, n) : vsplat(0.0f);
-            vstore_n(dZ + i * N + j, act_backward(vload_n(dY + i * N + j, n), y, z, act, slope), n);
+            vstore_n(dZ + i * N + j, vact_backward(vload_n(dY + i * N + j, n), y, z, act, slope), n);
         }
     }
 }
@@ -112,7 +111,7 @@ static double sum_rows(ptrdiff_t M, ptrdiff_t N, row_loss_fn f, const loss_ctx *
  * confident predictions keep full precision: 1 - p_y = (sum of the other exponentials) / sum,
  * and when the label holds the maximum, log(sum) = log1p(sum of the others). The exponentials
  * are parked in dZ between the passes, which is why dZ may alias Z (z_y is read first). */
-static double softmax_xent_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
+static double softmax_cross_entropy_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
 {
     const float *z = c->Z + i * N;
     float *dz = c->dZ + i * N;
@@ -149,7 +148,7 @@ static double softmax_xent_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
 /* Sigmoid cross-entropy with logits of row i. With e = exp(-|z|), both sigmoid(z) and
  * 1 - sigmoid(z) are formed without cancellation, and the gradient (1-t) s - t (1-s) is exact in
  * sign and precise for hard targets. */
-static double sigmoid_xent_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
+static double sigmoid_cross_entropy_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
 {
     const float *z = c->Z + i * N, *t = c->T + i * N;
     float *dz = c->dZ + i * N;
@@ -165,7 +164,7 @@ static double sigmoid_xent_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
     return (double)w * loss;
 }
 
-static double mse_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
+static double mse_loss_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
 {
     const float *p = c->Z + i * N, *t = c->T + i * N;
     float *dp = c->dZ + i * N;
@@ -179,37 +178,37 @@ static double mse_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
     return (double)w * loss;
 }
 
-static int softmax_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
-                        const float *w, float *dZ, double *loss, int nthreads)
+static int softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
+                                 const float *w, float *dZ, double *loss, int nthreads)
 {
     for (ptrdiff_t i = 0; i < M; i++)
         if (labels[i] < 0 || labels[i] >= N) return FM_EINVAL;
     loss_ctx c = {Z, NULL, w, labels, dZ, M > 0 ? 1.0f / (float)M : 0.0f};
-    *loss = M > 0 ? sum_rows(M, N, softmax_xent_row, &c, nthreads) / (double)M : 0.0;
+    *loss = M > 0 ? sum_rows(M, N, softmax_cross_entropy_row, &c, nthreads) / (double)M : 0.0;
     return FM_OK;
 }
 
-static int sigmoid_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
-                        float *dZ, double *loss, int nthreads)
+static int sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
+                                 const float *w, float *dZ, double *loss, int nthreads)
 {
     loss_ctx c = {Z, T, w, NULL, dZ, M > 0 ? 1.0f / (float)M : 0.0f};
-    *loss = M > 0 ? sum_rows(M, N, sigmoid_xent_row, &c, nthreads) / (double)M : 0.0;
+    *loss = M > 0 ? sum_rows(M, N, sigmoid_cross_entropy_row, &c, nthreads) / (double)M : 0.0;
     return FM_OK;
 }
 
-static int mse(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w, float *dP,
-               double *loss, int nthreads)
+static int mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
+                    float *dP, double *loss, int nthreads)
 {
     double mn = (double)M * (double)N;
     loss_ctx c = {P, T, w, NULL, dP, mn > 0 ? (float)(1.0 / mn) : 0.0f};
-    *loss = mn > 0 ? sum_rows(M, N, mse_row, &c, nthreads) / mn : 0.0;
+    *loss = mn > 0 ? sum_rows(M, N, mse_loss_row, &c, nthreads) / mn : 0.0;
     return FM_OK;
 }
 
 /* ---- Optimizer updates: one pass over parameter, gradient and state -------------------------- */
 
-static void sgd(ptrdiff_t n, float *p, const float *g, double lr_, double l2_, double mom_,
-                int nesterov, float *vel, int nthreads)
+static void sgd_update(ptrdiff_t n, float *p, const float *g, double lr_, double l2_, double mom_,
+                       int nesterov, float *vel, int nthreads)
 {
     float lr = (float)lr_, l2 = (float)l2_, mom = (float)mom_;
 #pragma omp parallel for num_threads(threads_for(n, nthreads)) schedule(static)
@@ -225,8 +224,8 @@ static void sgd(ptrdiff_t n, float *p, const float *g, double lr_, double l2_, d
     }
 }
 
-static void rmsprop(ptrdiff_t n, float *p, const float *g, float *sq, double lr_, double rho_,
-                    double eps_, double l2_, int nthreads)
+static void rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr_,
+                           double rho_, double eps_, double l2_, int nthreads)
 {
     float lr = (float)lr_, rho = (float)rho_, c = (float)(1.0 - rho_), eps = (float)eps_,
           l2 = (float)l2_;
@@ -240,8 +239,9 @@ static void rmsprop(ptrdiff_t n, float *p, const float *g, float *sq, double lr_
 }
 
 /* The bias corrections are hoisted into one step size lr_t (scikit-learn's form). */
-static void adam(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr_,
-                 double b1_, double b2_, double eps_, double l2_, double wd_, int nthreads)
+static void adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
+                        double lr_, double b1_, double b2_, double eps_, double l2_, double wd_,
+                        int nthreads)
 {
     double bc1 = 1.0 - pow(b1_, (double)step), bc2 = 1.0 - pow(b2_, (double)step);
     float lr_t = (float)(lr_ * sqrt(bc2) / bc1), decay = (float)(1.0 - lr_ * wd_);
@@ -260,7 +260,7 @@ static void adam(ptrdiff_t n, float *p, const float *g, float *m, float *v, long
 
 /* ---- Peak probe: 12 independent FMA chains per thread (more than latency x ports), timed ---- */
 
-static double peak_gflops(double seconds, int nthreads)
+static double measure_peak_gflops(double seconds, int nthreads)
 {
     double flops = 0.0, elapsed = 0.0;
 #pragma omp parallel num_threads(nthreads) reduction(+ : flops) reduction(max : elapsed)

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fastmlp.h"
+
 /* ---- Per-ISA section ------------------------------------------------------------------------
  * Primitives: vload/vstore (unaligned), vload_n/vstore_n (first n lanes; loads zero the rest),
  * vfma (a * b + c, one rounding where the ISA has FMA), vsplat (broadcast); optionally a native
@@ -98,7 +100,7 @@ static inline void vtranspose(vf r[8])
     }
 }
 
-#else /* generic: 4-wide vectors, plain C; compiles to SSE2 on x86-64 and to NEON elsewhere */
+#else /* generic: 4-wide vectors, plain C (GCC vector extensions: SSE2 on x86-64) */
 #define VLEN 4
 #define FM_MR 6
 #define FM_NR 8
@@ -216,20 +218,20 @@ static inline vf vtanh(vf x)
 /* ---- Activations on one vector: the GEMM epilogue and the elementwise kernels share these, so
  * a fused and an unfused computation give the same bits. ---- */
 
-static inline vf act_forward(vf x, int act, float slope)
+static inline vf vact_forward(vf x, int act, float slope)
 {
     vf s, sm;
     switch (act) {
-    case 1: /* relu: x < 0 ? 0 : x keeps NaN */
+    case FM_ACT_RELU: /* x < 0 ? 0 : x keeps NaN */
         return vselect(x < 0.0f, vsplat(0.0f), x);
-    case 2: /* leaky_relu */
+    case FM_ACT_LEAKY_RELU:
         return vselect(x < 0.0f, x * slope, x);
-    case 3:
+    case FM_ACT_TANH:
         return vtanh(x);
-    case 4:
+    case FM_ACT_LOGISTIC:
         vsigmoid_pair(x, &s, &sm);
         return s;
-    case 5: /* gelu: x * sigmoid(2u) */
+    case FM_ACT_GELU: /* x * sigmoid(2u) */
         vsigmoid_pair(2.0f * GELU_C * (x + GELU_K * (x * x * x)), &s, &sm);
         return x * s;
     default:
@@ -238,19 +240,19 @@ static inline vf act_forward(vf x, int act, float slope)
 }
 
 /* dz = dy * act'(.), from the activation output y or (gelu) the pre-activation z. */
-static inline vf act_backward(vf dy, vf y, vf z, int act, float slope)
+static inline vf vact_backward(vf dy, vf y, vf z, int act, float slope)
 {
     vf s, sm;
     switch (act) {
-    case 1:
+    case FM_ACT_RELU:
         return dy * vselect(y > 0.0f, vsplat(1.0f), vsplat(0.0f));
-    case 2:
+    case FM_ACT_LEAKY_RELU:
         return dy * vselect(y > 0.0f, vsplat(1.0f), vsplat(slope));
-    case 3: /* 1 - y^2 factored: no cancellation near |y| = 1 */
+    case FM_ACT_TANH: /* 1 - y^2 factored: no cancellation near |y| = 1 */
         return dy * ((1.0f - y) * (1.0f + y));
-    case 4:
+    case FM_ACT_LOGISTIC:
         return dy * (y * (1.0f - y));
-    case 5: {
+    case FM_ACT_GELU: {
         vsigmoid_pair(2.0f * GELU_C * (z + GELU_K * (z * z * z)), &s, &sm);
         /* z * s(1-s) * du is 0 once |z| > ~10 (s(1-s) underflows), but z^2 in du overflows to
          * inf for |z| > 1.8e19 and 0 * inf would make gelu'(z) NaN there instead of 1 or 0: the

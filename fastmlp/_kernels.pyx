@@ -33,26 +33,26 @@ cdef extern from "fastmlp.h" nogil:
         ptrdiff_t ldy
         const float *z
         ptrdiff_t ldz
-    int fm_sgemm(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
+    int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
                  const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
-    size_t fm_sgemm_work_size(int nthreads)
-    void fm_bias_act_forward(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
+    size_t fm_matmul_work_size(int nthreads)
+    void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
                              float slope, float *Y, int nthreads)
-    void fm_act_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y, const float *Z,
+    void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y, const float *Z,
                          int act, float slope, float *dZ, int nthreads)
     void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
-    int fm_softmax_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
+    int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
                         const float *w, float *dZ, double *loss, int nthreads)
-    int fm_sigmoid_xent(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+    int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
                         float *dZ, double *loss, int nthreads)
-    int fm_mse(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
+    int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
                float *dP, double *loss, int nthreads)
-    void fm_sgd(ptrdiff_t n, float *p, const float *g, double lr, double l2, double momentum,
+    void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2, double momentum,
                 int nesterov, float *vel, int nthreads)
-    void fm_rmsprop(ptrdiff_t n, float *p, const float *g, float *sq, double lr, double rho,
+    void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr, double rho,
                     double eps, double l2, int nthreads)
-    void fm_adam(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr,
+    void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr,
                  double b1, double b2, double eps, double l2, double wd, int nthreads)
     int fm_cpu_supports(int isa)
     int fm_set_isa(int isa)
@@ -142,7 +142,7 @@ def gemm_blocks(str isa=None):
 def set_gemm_blocks(str isa, int kc, int mc, int nc):
     """Override the cache blocks of an ISA path (for tuning; FASTMLP_GEMM_KC/MC/NC at import).
     Call it before creating any TrainStep: a TrainStep sizes its GEMM workspace once, for the
-    blocks in force then (fm_sgemm_work_size)."""
+    blocks in force then (fm_matmul_work_size)."""
     if fm_set_blocks(_isa_index(isa), kc, mc, nc) != FM_OK:
         raise ValueError(f"GEMM blocks out of range: kc={kc} (1..8192), mc={mc} (1..8192), "
                          f"nc={nc} (1..65536)")
@@ -347,7 +347,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
     cdef float al = alpha, be = beta
     cdef int status, nt = _threads()
     with nogil:
-        status = fm_sgemm(ta, tb, M, N, K, al, _ptr(A), lda, _ptr(B), ldb, be, _ptr(C),
+        status = fm_matmul(ta, tb, M, N, K, al, _ptr(A), lda, _ptr(B), ldb, be, _ptr(C),
                           N if N > 0 else 1, &ep, NULL, nt)
     if status == FM_ENOMEM:
         raise MemoryError("matmul: could not allocate the packing buffers")
@@ -370,7 +370,7 @@ def bias_activation(z, bias=None, activation="identity", *, negative_slope=0.01,
     cdef float s = negative_slope
     cdef int nt = _threads()
     with nogil:
-        fm_bias_act_forward(M, N, _ptr(Z), pb, act, s, _ptr(O), nt)
+        fm_bias_activation(M, N, _ptr(Z), pb, act, s, _ptr(O), nt)
     return O
 
 
@@ -398,7 +398,7 @@ def activation_backward(dy, activation, *, y=None, z=None, negative_slope=0.01, 
     cdef float s = negative_slope
     cdef int nt = _threads()
     with nogil:
-        fm_act_backward(M, N, _ptr(D), py, pz, act, s, _ptr(O), nt)
+        fm_activation_backward(M, N, _ptr(D), py, pz, act, s, _ptr(O), nt)
     return O
 
 
@@ -440,7 +440,7 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
     cdef double loss = 0
     cdef int status, nt = _threads()
     with nogil:
-        status = fm_softmax_xent(M, N, _ptr(Z), <const int32_t *>_ptr(lab), _ptr(w), _ptr(G),
+        status = fm_softmax_cross_entropy(M, N, _ptr(Z), <const int32_t *>_ptr(lab), _ptr(w), _ptr(G),
                                  &loss, nt)
     if status != FM_OK:
         raise ValueError(f"labels must be in [0, {N})")
@@ -458,9 +458,9 @@ cdef tuple _pair_loss(str kind, object pred, object target, object sample_weight
     cdef int nt = _threads()
     with nogil:
         if sig:
-            fm_sigmoid_xent(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
+            fm_sigmoid_cross_entropy(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
         else:
-            fm_mse(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
+            fm_mse_loss(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
     return loss, G
 
 
@@ -516,7 +516,7 @@ def sgd_update(param, grad, *, lr, l2=0.0, momentum=0.0, nesterov=False, velocit
     cdef int nt = _threads()
     if n:
         with nogil:
-            fm_sgd(n, _ptr(p), _ptr(g), lr_, l2_, mom, nest, _ptr(vel), nt)
+            fm_sgd_update(n, _ptr(p), _ptr(g), lr_, l2_, mom, nest, _ptr(vel), nt)
 
 
 def rmsprop_update(param, grad, square_avg, *, lr, rho=0.9, eps=1e-8, l2=0.0):
@@ -530,7 +530,7 @@ def rmsprop_update(param, grad, square_avg, *, lr, rho=0.9, eps=1e-8, l2=0.0):
     cdef int nt = _threads()
     if n:
         with nogil:
-            fm_rmsprop(n, _ptr(p), _ptr(g), _ptr(sq), lr_, rho_, eps_, l2_, nt)
+            fm_rmsprop_update(n, _ptr(p), _ptr(g), _ptr(sq), lr_, rho_, eps_, l2_, nt)
 
 
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0,
@@ -550,7 +550,7 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
     cdef int nt = _threads()
     if n:
         with nogil:
-            fm_adam(n, _ptr(p), _ptr(g), _ptr(m1), _ptr(m2), t, lr_, b1, b2, eps_, l2_, wd, nt)
+            fm_adam_update(n, _ptr(p), _ptr(g), _ptr(m1), _ptr(m2), t, lr_, b1, b2, eps_, l2_, wd, nt)
 
 
 include "_profile.pxi"

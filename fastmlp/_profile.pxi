@@ -4,6 +4,9 @@
 cdef extern from "fastmlp.h" nogil:
     ctypedef struct fm_prof_entry:
         int kernel
+        int act
+        int grad_act
+        int path
         int flags
         ptrdiff_t m, n, k
         long calls
@@ -11,6 +14,11 @@ cdef extern from "fastmlp.h" nogil:
     int fm_profile_start()
     int fm_profile_stop(fm_prof_entry *out, int capacity)
     const char *fm_kernel_name(int kernel)
+    const char *fm_path_name(int path)
+    enum:
+        FM_ACT_IDENTITY
+        FM_PROF_TRANS_A, FM_PROF_TRANS_B, FM_PROF_BIAS, FM_PROF_MOMENTUM, FM_PROF_NESTEROV,
+        FM_PROF_WEIGHT_DECAY
 
 cdef enum:
     _PROF_CAPACITY = 1024
@@ -21,11 +29,27 @@ def _profile_start():
         raise RuntimeError("a fastmlp.profile() is already active; profiles do not nest")
 
 
+# The variant bits of a profile entry, by name.
+PROFILE_FLAGS = {"trans_a": FM_PROF_TRANS_A, "trans_b": FM_PROF_TRANS_B, "bias": FM_PROF_BIAS,
+                 "momentum": FM_PROF_MOMENTUM, "nesterov": FM_PROF_NESTEROV,
+                 "weight_decay": FM_PROF_WEIGHT_DECAY}
+
+
 def _profile_stop():
-    """Stop profiling; return one dict per (kernel, shape, flags) seen."""
+    """Stop profiling; return one dict per (kernel, variant, shape) seen: kernel, act, grad_act
+    and path by name (None where they do not apply), flags as a tuple of PROFILE_FLAGS names."""
     cdef fm_prof_entry buf[_PROF_CAPACITY]
     cdef int n = fm_profile_stop(buf, _PROF_CAPACITY)
-    return [dict(kernel=fm_kernel_name(buf[i].kernel).decode(), flags=buf[i].flags,
-                 m=buf[i].m, n=buf[i].n, k=buf[i].k, calls=buf[i].calls,
-                 seconds=buf[i].seconds, flops=buf[i].flops, bytes=buf[i].bytes)
-            for i in range(n)]
+    cdef int i
+    rows = []
+    for i in range(n):
+        e = &buf[i]
+        rows.append(dict(
+            kernel=fm_kernel_name(e.kernel).decode(),
+            act=ACTIVATIONS[e.act] if e.act != FM_ACT_IDENTITY else None,
+            grad_act=ACTIVATIONS[e.grad_act] if e.grad_act != FM_ACT_IDENTITY else None,
+            path=fm_path_name(e.path).decode() if e.path >= 0 else None,
+            flags=tuple(name for name, bit in PROFILE_FLAGS.items() if e.flags & bit),
+            m=e.m, n=e.n, k=e.k, calls=e.calls, seconds=e.seconds, flops=e.flops,
+            bytes=e.bytes))
+    return rows

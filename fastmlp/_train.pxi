@@ -230,7 +230,7 @@ cdef class TrainStep:
     cdef int _ensure_work(self, int nthreads) except -1:
         cdef float[::1] v
         if nthreads > self.work_threads:
-            self._work = np.empty(max(<Py_ssize_t>fm_sgemm_work_size(nthreads), 1), np.float32)
+            self._work = np.empty(max(<Py_ssize_t>fm_matmul_work_size(nthreads), 1), np.float32)
             v = self._work
             self.work = &v[0]
             self.work_threads = nthreads
@@ -359,12 +359,12 @@ cdef class TrainStep:
             ep.y = NULL; ep.ldy = ly.n_out; ep.z = NULL; ep.ldz = ly.n_out
             if ly.Z != NULL:
                 ep.act = 0
-            status = fm_sgemm(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out, 0.0,
+            status = fm_matmul(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out, 0.0,
                               ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work, nt)
             if status != FM_OK:
                 return status
             if ly.Z != NULL:
-                fm_bias_act_forward(M, ly.n_out, ly.Z, NULL, ly.act, 0.01, ly.Y, nt)
+                fm_bias_activation(M, ly.n_out, ly.Z, NULL, ly.act, 0.01, ly.Y, nt)
             if ly.mask != NULL:
                 key = _splitmix64(_splitmix64(self.seed) ^ ((<uint64_t>self.t << 16) | <uint64_t>l))
                 _dropout_forward(M * ly.n_out, ly.Y, ly.mask, ly.A, ly.keep, ly.scale, key)
@@ -372,11 +372,11 @@ cdef class TrainStep:
         # loss and its gradient w.r.t. the output pre-activation, in one pass
         ly = &self.layers[L - 1]
         if self.loss_kind == 0:
-            status = fm_softmax_xent(M, ly.n_out, ly.Y, <const int32_t *>y, w, ly.D, loss, nt)
+            status = fm_softmax_cross_entropy(M, ly.n_out, ly.Y, <const int32_t *>y, w, ly.D, loss, nt)
         elif self.loss_kind == 1:
-            status = fm_sigmoid_xent(M, ly.n_out, ly.Y, <const float *>y, w, ly.D, loss, nt)
+            status = fm_sigmoid_cross_entropy(M, ly.n_out, ly.Y, <const float *>y, w, ly.D, loss, nt)
         else:
-            status = fm_mse(M, ly.n_out, ly.Y, <const float *>y, w, ly.D, loss, nt)
+            status = fm_mse_loss(M, ly.n_out, ly.Y, <const float *>y, w, ly.D, loss, nt)
         if status != FM_OK:
             return status
         if self.alpha > 0:
@@ -390,7 +390,7 @@ cdef class TrainStep:
         for l in range(L - 1, -1, -1):
             ly = &self.layers[l]
             inp = X if l == 0 else self.layers[l - 1].A
-            status = fm_sgemm(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D, ly.n_out, 0.0,
+            status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D, ly.n_out, 0.0,
                               ly.dW, ly.n_out, NULL, self.work, nt)
             if status != FM_OK:
                 return status
@@ -400,7 +400,7 @@ cdef class TrainStep:
                 prev = &self.layers[l - 1]
                 ep.bias = NULL; ep.act = 0; ep.grad_act = prev.act; ep.slope = 0.01
                 ep.y = prev.Y; ep.ldy = prev.n_out; ep.z = prev.Z; ep.ldz = prev.n_out
-                status = fm_sgemm(0, 1, M, prev.n_out, ly.n_out, 1.0, ly.D, ly.n_out, ly.W,
+                status = fm_matmul(0, 1, M, prev.n_out, ly.n_out, 1.0, ly.D, ly.n_out, ly.W,
                                   ly.n_out, 0.0, prev.D, prev.n_out, &ep, self.work, nt)
                 if status != FM_OK:
                     return status
@@ -413,11 +413,11 @@ cdef class TrainStep:
     cdef void _update(self, ptrdiff_t n, float *p, const float *g, float *s1, float *s2,
                       double lr, double l2, int nt) noexcept nogil:
         if self.opt == 0:
-            fm_sgd(n, p, g, lr, l2, self.momentum, self.nesterov, s1, nt)
+            fm_sgd_update(n, p, g, lr, l2, self.momentum, self.nesterov, s1, nt)
         elif self.opt == 1:
-            fm_rmsprop(n, p, g, s1, lr, self.rho, self.eps, l2, nt)
+            fm_rmsprop_update(n, p, g, s1, lr, self.rho, self.eps, l2, nt)
         else:
-            fm_adam(n, p, g, s1, s2, self.t, lr, self.beta1, self.beta2, self.eps, l2,
+            fm_adam_update(n, p, g, s1, s2, self.t, lr, self.beta1, self.beta2, self.eps, l2,
                     self.weight_decay, nt)
 
 

@@ -20,7 +20,6 @@ for the ISA and thread count in use.
 """
 from . import _kernels
 
-_ACTS = _kernels.ACTIVATIONS
 _peaks = {}
 
 
@@ -32,21 +31,22 @@ def _peak(threads):
 
 
 def _describe(r):
-    """A short human name for one row: the kernel and what its flags mean."""
-    kernel, f = r["kernel"], r["flags"]
+    """A short human name for one row: the kernel, its variant and shape; a matmul's path."""
+    kernel = r["kernel"]
     if r["m"] < 0:
         return f"{kernel} (other shapes)"
     if kernel == "matmul":
-        text = f"matmul {'NT'[f & 1]}{'NT'[f >> 1 & 1]} {r['m']}x{r['n']}x{r['k']}"
-        if f >> 2 & 1:
+        ta, tb = ("T" if f in r["flags"] else "N" for f in ("trans_a", "trans_b"))
+        text = f"matmul {ta}{tb} {r['m']}x{r['n']}x{r['k']}"
+        if "bias" in r["flags"]:
             text += " +bias"
-        if f >> 3 & 7:
-            text += f" +{_ACTS[f >> 3 & 7]}"
-        if f >> 6 & 7:
-            text += f" *{_ACTS[f >> 6 & 7]}'"
-        return text
+        if r["act"]:
+            text += f" +{r['act']}"
+        if r["grad_act"]:
+            text += f" *{r['grad_act']}'"
+        return text + f" [{r['path']}]"
     if kernel in ("bias_activation", "activation_backward"):
-        return f"{kernel} {_ACTS[f]} {r['m']}x{r['n']}"
+        return f"{kernel} {r['act'] or 'identity'} {r['m']}x{r['n']}"
     if kernel in ("sgd_update", "rmsprop_update", "adam_update"):
         return f"{kernel} n={r['n']}"
     return f"{kernel} {r['m']}x{r['n']}"
@@ -95,10 +95,10 @@ class profile:
     def table(self):
         """A text table, slowest first."""
         total = self.total_seconds or 1.0
-        lines = [f"{'kernel':44s} {'calls':>7s} {'total ms':>9s} {'mean us':>9s} {'GFLOP/s':>8s} "
+        lines = [f"{'kernel':54s} {'calls':>7s} {'total ms':>9s} {'mean us':>9s} {'GFLOP/s':>8s} "
                  f"{'GB/s':>7s} {'%peak':>6s} {'%time':>6s}"]
         for r in self.records:
-            lines.append(f"{r['name'][:44]:44s} {r['calls']:7d} {r['seconds'] * 1e3:9.2f} "
+            lines.append(f"{r['name'][:54]:54s} {r['calls']:7d} {r['seconds'] * 1e3:9.2f} "
                          f"{r['mean_seconds'] * 1e6:9.1f} {r['gflops']:8.1f} {r['gbps']:7.1f} "
                          f"{r['percent_of_peak']:5.1f}% {100 * r['seconds'] / total:5.1f}%")
         lines.append(f"total {self.total_seconds * 1e3:.2f} ms in kernels; peak "

@@ -1,0 +1,150 @@
+/* gemm_driver.h: runs a plan (gemm_plan.h): fm_matmul for one ISA.
+ *
+ * The blocked paths' loops, outermost first, for one thread's share of C:
+ *   jc over N by NC -> pc over K by KC -> [pack B block KC x NC into NR-wide panels, L2]
+ *     -> ic over M by MC -> pack A block MC x KC into MR-tall micro-panels
+ *       -> ir over MR (A micro-panel stays in L1) -> jr over NR (B panel streamed from L2)
+ *         -> micro-kernel: MR x NR tile of C in registers, kc broadcast + FMA steps
+ *            (gemm_ukernel.h, whose contract the loops keep).
+ * Each thread owns whole tiles of C and packs into its own part of the scratch: no barrier, no
+ * shared buffer (fastmlp.h rules 4, 5). */
+
+/* One thread's share: rows [m0, m1) and columns [n0, n1) of C. */
+static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,
+                       float *apack, float *bpack)
+{
+    ptrdiff_t K = g->K;
+    float tile[FM_MR * FM_NR] __attribute__((aligned(64)));
+    /* Packing A pays when its micro-panels are reused across several B panels. */
+    int pack_all_a = n1 - n0 > 2 * FM_NR;
+    for (ptrdiff_t jc = n0; jc < n1; jc += g->nc) {
+        ptrdiff_t nc = min_pd(g->nc, n1 - jc);
+        /* K == 0 still runs one (empty) block: beta and the epilogue apply (fastmlp.h rule 1) */
+        for (ptrdiff_t pc = 0; pc < K || pc == 0; pc += g->kc) {
+            ptrdiff_t kc = min_pd(g->kc, K - pc);
+            int first = pc == 0, last = pc + kc >= K;
+            if (g->pack_b) pack_b(g, pc, kc, jc, nc, bpack);
+            for (ptrdiff_t ic = m0; ic < m1; ic += g->mc) {
+                ptrdiff_t mc = min_pd(g->mc, m1 - ic);
+                if (pack_all_a) pack_a(g, ic, mc, pc, kc, apack);
+                for (ptrdiff_t ir = 0; ir < mc; ir += FM_MR) {
+                    int mr = (int)min_pd(FM_MR, mc - ir);
+                    const float *a;
+                    int a_packed = pack_all_a || mr < FM_MR;
+                    if (pack_all_a) {
+                        a = apack + ir * kc;
+                    } else if (mr < FM_MR) { /* the edge panel (contract 1) */
+                        pack_a(g, ic + ir, mr, pc, kc, apack);
+                        a = apack;
+                    } else {
+                        a = g->A + (ic + ir) * a_rs(g) + pc * a_cs(g);
+                    }
+                    for (ptrdiff_t jr = 0; jr < nc; jr += FM_NR) {
+                        int nr = (int)min_pd(FM_NR, nc - jr);
+                        /* the epilogue needs the tile in memory; a plain store does not */
+                        int direct = !(last && g->ep) && !g->tc;
+                        float *c = direct ? g->C + (ic + ir) * g->ldc + jc + jr : NULL;
+                        if (g->pack_b)
+                            run_tile(kc, a, a_packed, a_rs(g), a_cs(g), bpack + jr * kc, FM_NR,
+                                     nr <= VLEN ? nr : FM_NR, tile, g, c, mr, nr, first);
+                        else
+                            run_tile(kc, a, a_packed, a_rs(g), a_cs(g),
+                                     g->B + pc * g->ldb + jc + jr, g->ldb, nr, tile, g, c, mr, nr,
+                                     first);
+                        if (!direct) tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/* Thread t of n_t on the dot path: its rows of C, with its own copy of B^T (kp floats a row). */
+static void dot_share(const gemm_args *g, float *work, size_t per_thread, ptrdiff_t kp,
+                      ptrdiff_t t, ptrdiff_t n_t)
+{
+    const float *bt = g->B;
+    ptrdiff_t ldbt = g->ldb;
+    if (!g->tb) {
+        float *p = align64(work + (size_t)t * per_thread);
+        pack_bt(g, kp, p);
+        bt = p, ldbt = kp;
+    }
+    dot_range(g, bt, ldbt, g->M * t / n_t, g->M * (t + 1) / n_t);
+}
+
+/* Thread t of n_t on a blocked path: its share of the panels of N (split_n) or of M, packed
+ * into its own buffers (a_floats for A, then B's) at work + t * per_thread. */
+static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_t a_floats,
+                       int split_n, ptrdiff_t t, ptrdiff_t n_t)
+{
+    float *apack = align64(work + (size_t)t * per_thread);
+    float *bpack = align64(apack + a_floats);
+    ptrdiff_t pan = split_n ? (g->N + FM_NR - 1) / FM_NR : (g->M + FM_MR - 1) / FM_MR;
+    ptrdiff_t step = split_n ? FM_NR : FM_MR;
+    ptrdiff_t lo = share_start(pan, step, t, n_t), hi = share_start(pan, step, t + 1, n_t);
+    if (split_n)
+        gemm_range(g, 0, g->M, lo, min_pd(hi, g->N), apack, bpack);
+    else
+        gemm_range(g, lo, min_pd(hi, g->M), 0, g->N, apack, bpack);
+}
+
+/* The plan's threads run their shares. One thread runs its share directly: a libgomp region,
+ * even of one thread, ends in a barrier that makes a futex system call (gemm_rules.md, "one
+ * thread"). per_thread: each thread's floats of work (0: no scratch). */
+static int run_plan(const fm_matmul_plan *p, const gemm_args *g, float *work, size_t per_thread)
+{
+    float *own = NULL;
+    if (per_thread && !work) {
+        own = malloc(per_thread * (size_t)p->threads * sizeof(float));
+        if (!own) return FM_ENOMEM;
+        work = own;
+    }
+    ptrdiff_t kp = (g->K + VLEN - 1) / VLEN * VLEN;
+    int dot = p->path == FM_PATH_DOT;
+    if (p->threads == 1) {
+        if (dot)
+            dot_share(g, work, per_thread, kp, 0, 1);
+        else
+            gemm_share(g, work, per_thread, p->a_floats, p->split_n, 0, 1);
+    } else {
+#pragma omp parallel num_threads(p->threads)
+        {
+            if (dot)
+                dot_share(g, work, per_thread, kp, omp_get_thread_num(), omp_get_num_threads());
+            else
+                gemm_share(g, work, per_thread, p->a_floats, p->split_n, omp_get_thread_num(),
+                           omp_get_num_threads());
+        }
+    }
+    free(own);
+    return FM_OK;
+}
+
+/* fm_matmul for this ISA (fastmlp.h): plan, then run. */
+static int matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
+                  const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
+                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
+{
+    if (M <= 0 || N <= 0) return FM_OK;
+    if (ep && !ep->bias && ep->act == FM_ACT_IDENTITY && ep->grad_act == FM_ACT_IDENTITY)
+        ep = NULL; /* nothing to apply */
+    fm_matmul_plan p;
+    plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, &p);
+    if (p.path == FM_PATH_DOT) {
+        gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep};
+        /* The caller's work is sized for the blocked paths' buffers (fm_matmul_work_size):
+         * a B^T larger than that gets its own. */
+        size_t per_thread = p.b_floats ? p.b_floats + 16 : 0; /* align64 moves up to 15 */
+        if (per_thread > fm_gemm_thread_floats(&FM_TABLE)) work = NULL;
+        return run_plan(&p, &g, work, per_thread);
+    }
+    if (p.path == FM_PATH_BLOCKED_CT)
+        transpose_product(&trans_a, &trans_b, &M, &N, &A, &lda, &B, &ldb);
+    gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
+                   p.kc, p.mc, p.nc, p.pack_b, p.path == FM_PATH_BLOCKED_CT};
+    /* each align64 in gemm_share moves up to 15 floats */
+    return run_plan(&p, &g, work, p.a_floats + p.b_floats + 32);
+}
