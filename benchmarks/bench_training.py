@@ -21,6 +21,7 @@ import numpy as np
 
 import fastmlp
 from fastmlp import datasets
+from fastmlp.tools.bench import blas_info, context
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [784, 512, 256, 10]
@@ -156,13 +157,6 @@ def run_torch(X, y, Xt, yt, batch, seed, threads):
     return seconds, float(acc)
 
 
-def blas_info():
-    from threadpoolctl import threadpool_info
-    return [dict(api=i.get("internal_api"), version=i.get("version"),
-                 architecture=i.get("architecture"), threads=i.get("num_threads"))
-            for i in threadpool_info() if i.get("user_api") == "blas"]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "mnist"))
@@ -179,8 +173,9 @@ def main():
               file=sys.stderr)
     X, y, Xt, yt = load(args.data)
     info = fastmlp.info()
-    print(f"fastmlp {info['version']} isa={info['isa']} threads={args.threads}; "
-          f"numpy {np.__version__} BLAS {blas_info()}; load average {os.getloadavg()}")
+    print(f"fastmlp {info['version']} isa={info['isa']} threads={args.threads}; cpu {info['cpu']} "
+          f"({info['cpu_id']}); numpy {np.__version__} BLAS {blas_info()}; load average "
+          f"{os.getloadavg()}")
     runners = {"fastmlp": run_fastmlp, "numpy": run_numpy, "sklearn": run_sklearn}
     try:
         import torch  # noqa: F401  (only to see whether it is installed)
@@ -215,9 +210,10 @@ def main():
             print(f"{batch:>5} {name:>9} {r['samples_per_s']:>10,.0f} {ratio:>9} "
                   f"{100 * r['accuracy']:>7.2f}%")
     if args.json:
+        ctx = context(ROOT)
+        ctx["threads"] = args.threads
         with open(args.json, "w") as f:
-            json.dump(dict(fastmlp=info, blas=blas_info(), load=os.getloadavg(),
-                           results=results), f, indent=1)
+            json.dump(dict(context=ctx, results=results), f, indent=1)
 
 
 if __name__ == "__main__":

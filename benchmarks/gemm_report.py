@@ -2,8 +2,9 @@
 
 For each shape it prints GFLOP/s, % of the FMA peak measured on this machine, and the ratio to
 NumPy (and to the unfused NumPy sequence for fused products): medians of ~50 ms blocks of
-timings, fastmlp and NumPy in turn with a pause between them (fastmlp._bench.compare), so drift
-on a shared machine hits both alike.
+timings, fastmlp and NumPy in turn with a pause between them (fastmlp.tools.bench.compare), so
+drift on a shared machine hits both alike. The JSON's context is fastmlp.tools.bench.context(): the
+commit of this checkout, the CPU, the BLAS kernel and the versions compared with.
 
     env -u OPENBLAS_CORETYPE python benchmarks/gemm_report.py [--threads 2] [--json out.json]
 
@@ -18,8 +19,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastmlp
-from fastmlp import _kernels
-from fastmlp._bench import blas_info, compare
+from fastmlp import core
+from fastmlp.tools.bench import blas_info, compare, context
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name, M, N, K, trans_a, trans_b, fused epilogue ("relu" = bias + relu, "mask" = relu backward)
 CASES = [
@@ -82,13 +85,13 @@ def main():
     args = parser.parse_args()
 
     if args.isa:
-        _kernels.set_isa(args.isa)
+        core.set_isa(args.isa)
     fastmlp.set_num_threads(args.threads)
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     with threadpool_limits(limits=args.threads, user_api="blas"):
         blas = blas_info()
-        print(f"fastmlp {fastmlp.__version__}, isa {_kernels.get_isa()}, threads {args.threads}, "
-              f"cpu {fastmlp.info()['cpu']}")
+        print(f"fastmlp {fastmlp.__version__}, isa {core.get_isa()}, threads {args.threads}, "
+              f"cpu {fastmlp.info()['cpu']} ({fastmlp.info()['cpu_id']})")
         for b in blas:
             print(f"NumPy BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
                   f"{b['num_threads']} threads ({b['library']})")
@@ -96,7 +99,7 @@ def main():
             print(f"WARNING: OPENBLAS_CORETYPE={coretype} forces NumPy's BLAS kernel; speed claims "
                   "are made with it unset (env -u OPENBLAS_CORETYPE)")
         peak = fastmlp.measure_peak_gflops(0.5, args.threads)
-        print(f"measured FMA peak ({_kernels.get_isa()}, {args.threads} threads): {peak:.1f} GFLOP/s")
+        print(f"measured FMA peak ({core.get_isa()}, {args.threads} threads): {peak:.1f} GFLOP/s")
         print(f"{'case':34s} {'M':>5s} {'N':>5s} {'K':>5s}  {'fastmlp':>9s} {'%peak':>6s}  "
               f"{'numpy':>9s} {'%peak':>6s}  {'ratio':>6s}")
         rng = np.random.default_rng(0)
@@ -110,13 +113,11 @@ def main():
                   f"{r['fastmlp_gflops']:9.1f} {100 * r['fastmlp_gflops'] / peak:5.1f}%  "
                   f"{r['numpy_gflops']:9.1f} {100 * r['numpy_gflops'] / peak:5.1f}%  "
                   f"{r['ratio']:5.2f}x", flush=True)
+        ctx = context(ROOT)
     if args.json:
-        context = dict(fastmlp_version=fastmlp.__version__, isa=_kernels.get_isa(),
-                       threads=args.threads, cpu=fastmlp.info()['cpu'], blas=blas,
-                       openblas_coretype=coretype, peak_gflops=peak,
-                       openmp=fastmlp.info()["openmp"], gemm_blocks=_kernels.gemm_blocks())
+        ctx["peak_gflops"] = peak
         with open(args.json, "w") as f:
-            json.dump(dict(context=context, results=results), f, indent=1)
+            json.dump(dict(context=ctx, results=results), f, indent=1)
         print(f"wrote {args.json}")
 
 

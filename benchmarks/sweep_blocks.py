@@ -11,6 +11,11 @@ import os
 import subprocess
 import sys
 
+import fastmlp
+from fastmlp.tools.bench import context
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 PROBE = r"""
 import json, sys, time, numpy as np, fastmlp
 fastmlp.set_num_threads(int(sys.argv[1]))
@@ -54,8 +59,10 @@ def main():
         print(f"kc {kc:4d} mc {mc:4d} nc {nc:5d}  " + "  ".join(f"{k} {v:6.1f}" for k, v in r.items()),
               flush=True)
     if args.json:
+        fastmlp.core.set_isa(args.isa)
+        ctx = dict(context(ROOT), isa=args.isa, threads=int(args.threads))
         with open(args.json, "w") as f:
-            json.dump(dict(isa=args.isa, threads=args.threads, rows=rows), f, indent=1)
+            json.dump(dict(context=ctx, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -317,7 +317,8 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
                     double lr, double b1, double b2, double eps, double l2, double wd,
                     int nthreads)
 {
-    prof_key key = KEY(FM_K_ADAM_UPDATE, FM_ACT_IDENTITY, wd != 0.0 ? FM_PROF_WEIGHT_DECAY : 0, 0, n);
+    int flags = wd != 0.0 ? FM_PROF_WEIGHT_DECAY : 0;
+    prof_key key = KEY(FM_K_ADAM_UPDATE, FM_ACT_IDENTITY, flags, 0, n);
     PROFILED(key, (double)n * 14, F4 * (double)n * 7,
              cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, nthreads));
 }

@@ -48,8 +48,8 @@ enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_COUNT = 3 
 
 /* What the GEMM does to each element of C after the product, once, in registers, on the last
  * pass over K. Forward: c = act(c + bias[j]). Backward: c = c * act'(.) where act' is computed
- * from y (activation output) or, for GELU, z (pre-activation), exactly as fm_activation_backward does.
- * act and grad_act are never both set (the bindings reject it). */
+ * from y (activation output) or, for GELU, z (pre-activation), exactly as
+ * fm_activation_backward does. act and grad_act are never both set (the bindings reject it). */
 typedef struct {
     const float *bias;     /* IN [N] or NULL */
     int act;               /* forward activation, FM_ACT_IDENTITY = none */
@@ -96,7 +96,7 @@ typedef struct {
     int threads;         /* threads it runs on; 1 runs without entering OpenMP */
     int split_n;         /* the threads divide N's panels (1) or M's (0); the dot path: M */
     int pack_b;          /* blocked paths: B is packed into panels rather than read in place */
-    int kc, mc, nc;      /* blocks: kc the length of K's equal blocks (the dot path: K) */
+    int kc, mc, nc;      /* blocks: kc the length of K's equal blocks (0 on the dot path) */
     size_t a_floats;     /* per-thread scratch: packed A (blocked paths) */
     size_t b_floats;     /* per-thread scratch: packed B (blocked), B^T (dot; 0 when B^T is B) */
 } fm_matmul_plan;

@@ -87,8 +87,9 @@ static void pack_a(const gemm_args *g, ptrdiff_t i0, ptrdiff_t mc, ptrdiff_t k0,
             }
         } else {
             /* MR row streams, each contiguous in k: VLEN x VLEN blocks are transposed in
-             * registers (a scalar gather of one k across MR rows cost 10% of a square
-             * product). Rows past mr are zeros. */
+             * registers rather than gathered one k at a time across MR rows
+             * (benchmarks/results/gemm_rules.md, "pack A in registers"). Rows past mr are
+             * zeros. */
             const float *src = g->A + (i0 + ip) * g->lda + k0;
             for (ptrdiff_t k = 0; k < kc; k += VLEN) {
                 int kn = (int)min_pd(VLEN, kc - k);
@@ -123,7 +124,7 @@ static void pack_b(const gemm_args *g, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t j0,
             /* op(B) = B^T: each column of the panel is a contiguous row of B. VLEN x VLEN
              * blocks go through registers (vtranspose), VLEN rows of B at a time, each read
              * along k: VLEN sequential streams, not NR, which the hardware prefetcher follows
-             * (Zen 4: 128x784x512 NT 4-6% faster, paired runs). */
+             * (gemm_rules.md, "pack B^T along k"). */
             const float *src = g->B + (j0 + jp) * g->ldb + k0;
             for (int jv = 0; jv < FM_NR; jv += VLEN) {
                 for (ptrdiff_t k = 0; k < kc; k += VLEN) {

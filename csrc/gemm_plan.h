@@ -141,6 +141,8 @@ static int plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdi
     if (K > p.kc) {
         ptrdiff_t blocks = (K + p.kc - 1) / p.kc;
         p.kc = (int)((K + blocks - 1) / blocks);
+    } else if (K > 0) {
+        p.kc = (int)K; /* one block (K = 0 keeps KC: gemm_range then runs one empty block) */
     }
     p.split_n = split_n_of(trans_a, trans_b, M, N, K, nthreads, p.pack_b);
     ptrdiff_t units = p.split_n ? (N + FM_NR - 1) / FM_NR : (M + FM_MR - 1) / FM_MR;

@@ -92,7 +92,7 @@ run_packed(int rows, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b_r
 
 /* Rows the micro-kernel multiplies for a packed panel of mr rows: mr rounded up to a third, two
  * thirds or five sixths of MR, or MR. An 8-row edge of a 32-row batch then costs 8 rows, not 12,
- * and a 10-class output's C^T (sgemm) 10, not 12. */
+ * and a 10-class output's C^T (FM_PATH_BLOCKED_CT) 10, not 12. */
 static inline int panel_rows(int mr)
 {
     return mr <= FM_MR / 3       ? FM_MR / 3
@@ -164,8 +164,8 @@ static inline void store_c(const gemm_args *g, vf x, ptrdiff_t i, ptrdiff_t j, i
 }
 
 /* The mr x nr tile at (row, col) of the product computed, to C. With g->tc the product is C^T
- * (see sgemm): the tile is transposed VLEN x VLEN in registers, so each of its columns becomes
- * a piece of a row of C. */
+ * (FM_PATH_BLOCKED_CT): the tile is transposed VLEN x VLEN in registers, so each of its columns
+ * becomes a piece of a row of C. */
 static inline void tile_store(const gemm_args *g, const float *tile, ptrdiff_t row, ptrdiff_t col,
                               int mr, int nr, int first, int last)
 {

@@ -48,7 +48,8 @@ static void activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const
             int n = (int)(N - j);
             vf y = Y ? vload_n(Y + i * N + j, n) : vsplat(0.0f);
             vf z = Z ? vload_n(Z + i * N + j, n) : vsplat(0.0f);
-            vstore_n(dZ + i * N + j, vact_backward(vload_n(dY + i * N + j, n), y, z, act, slope), n);
+            vf dy = vload_n(dY + i * N + j, n);
+            vstore_n(dZ + i * N + j, vact_backward(dy, y, z, act, slope), n);
         }
     }
 }

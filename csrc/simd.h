@@ -20,11 +20,12 @@
 /* ---- Per-ISA section ------------------------------------------------------------------------
  * Primitives: vload/vstore (unaligned), vload_n/vstore_n (first n lanes; loads zero the rest),
  * vfma (a * b + c, one rounding where the ISA has FMA), vsplat (broadcast); optionally a native
- * vtranspose (FM_NATIVE_VTRANSPOSE) where the generic one in gemm_impl.h compiles badly.
+ * vtranspose (FM_NATIVE_VTRANSPOSE) where the generic one in gemm_pack.h compiles badly.
  * MR x NR is the micro-kernel's register tile (MR rows broadcast, NR / VLEN vectors wide);
  * KC, MC, NC are the default cache blocks (run-time tunable, see fm_set_blocks). The values come
- * from the sweep recorded in benchmarks/. FM_PACK_B_LD: the row stride (floats) from which a
- * row-major B is packed rather than read in place (gemm_impl.h, contract 2). */
+ * from the sweep in benchmarks/results/sweep_avx512_1thread.json. FM_PACK_B_LD: the row stride
+ * (floats) from which a row-major B is packed rather than read in place (gemm_ukernel.h,
+ * contract 2); its measurements: benchmarks/results/gemm_rules.md, "pack B from a stride". */
 #if defined(FM_TARGET_AVX512)
 #include <immintrin.h>
 #define VLEN 16
@@ -33,7 +34,7 @@
 #define FM_KC 384 /* 12 x 384 A micro-panel = 18 KiB in L1 */
 #define FM_MC 96
 #define FM_NC 512 /* 384 x 512 B panel = 768 KiB in L2 */
-#define FM_PACK_B_LD 1024 /* 128..512 measured 2-5% slower: 12 rows reuse each B vector */
+#define FM_PACK_B_LD 1024 /* 12 rows reuse each B vector: see "pack B from a stride" */
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 static inline __mmask16 vmask_(int n)
@@ -55,7 +56,7 @@ static inline vf vsplat(float x) { return (vf)_mm512_set1_ps(x); }
 #define FM_KC 384
 #define FM_MC 96
 #define FM_NC 512
-#define FM_PACK_B_LD 128 /* in place from 512 floats apart: 1.04-1.45x slower (Zen 4) */
+#define FM_PACK_B_LD 128 /* 6 rows of reuse: L1 set conflicts in place (same heading) */
 typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 static inline __m256i vmask_(int n)
@@ -79,7 +80,7 @@ static inline void vstore_n(float *p, vf x, int n)
 static inline vf vfma(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 static inline vf vsplat(float x) { return (vf)_mm256_set1_ps(x); }
 /* 8 x 8 transpose in 24 in-lane shuffles: GCC lowers AVX2's two-source __builtin_shuffle (the
- * generic vtranspose in gemm_impl.h) to permute-and-blend sequences three times as long. */
+ * generic vtranspose in gemm_pack.h) to permute-and-blend sequences three times as long. */
 #define FM_NATIVE_VTRANSPOSE
 static inline void vtranspose(vf r[8])
 {

@@ -7,76 +7,77 @@ Kernels (float32, compiled C with OpenMP, SIMD paths chosen at import):
 Their pure-NumPy twins live in fastmlp.reference; fastmlp.testing holds the comparison helper.
 Threads: set_num_threads / get_num_threads. Machine and build: info().
 
-Models (imported on first use, so `import fastmlp` stays fast and needs no scikit-learn):
-    MLPClassifier, MLPRegressor (scikit-learn API; need scikit-learn), MLP (model API),
-    optim (optimizers and schedules), load (read a saved model), TrainStep (one native
-    training step).
-"""
-import os
+Models: MLP (model API), optim (optimizers and schedules), TrainStep (the native training
+step, in phases), load (read a saved model), profile (the per-kernel profiler);
+MLPClassifier and MLPRegressor (scikit-learn API; imported on first use, so `import fastmlp`
+needs no scikit-learn).
 
-from . import _threads
-from ._kernels import (
+This module is the facade: it holds no code of its own but load(). The layers, each a
+subpackage importing only those before it: core (compiled kernels, TrainStep, reference),
+io (model files), model (MLP, optim), estimators (scikit-learn), tools (CLI, profiler,
+benchmarks); datasets stands apart. See the README's "Layout".
+"""
+import sys
+
+from . import core, io, model
+from ._version import __version__
+from .core import (
     ACTIVATIONS,
+    TrainStep,
     activation_backward,
     adam_update,
     bias_activation,
     bias_grad,
     get_num_threads,
+    info,
     matmul,
     measure_peak_gflops,
     mse_loss,
+    reference,
     rmsprop_update,
     set_num_threads,
     sgd_update,
     sigmoid_cross_entropy,
     softmax_cross_entropy,
+    testing,
 )
-from . import _kernels
-from .profiler import profile
+from .model import MLP, optim
+from .tools.profiler import profile
 
-__version__ = "0.1.0"
+# fastmlp.reference, fastmlp.testing and fastmlp.optim were modules of this package before the
+# layers: `import fastmlp.optim` and its kin keep working.
+for _name, _module in (("reference", reference), ("testing", testing), ("optim", optim)):
+    sys.modules[f"{__name__}.{_name}"] = _module
+del _name, _module
 
-_threads.configure(_kernels)
-
-
-def info():
-    """What fastmlp runs with: version, ISA in use and supported, threads, CPU model, OpenMP
-    runtime, GEMM block sizes."""
-    from threadpoolctl import threadpool_info
-
-    openmp = [
-        dict(library=os.path.basename(i["filepath"]), version=i.get("version"),
-             internal_api=i.get("internal_api"))
-        for i in threadpool_info()
-        if i.get("user_api") == "openmp"
-    ]
-    return {
-        "version": __version__,
-        "isa": _kernels.get_isa(),
-        "supported_isas": list(_kernels.supported_isas()),
-        "num_threads": get_num_threads(),
-        "physical_cores": _threads.physical_cores(),
-        "cpu": _threads.cpu_model(),
-        "openmp": openmp[0] if openmp else None,
-        "gemm_blocks": _kernels.gemm_blocks(),
-    }
+_ESTIMATORS = ("MLPClassifier", "MLPRegressor")
 
 
-_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators", "MLP": "model",
-         "load": "io", "optim": None, "TrainStep": "_kernels"}
+def load(path, *, max_bytes=io.MAX_BYTES):
+    """Read a model written by save(): a fastmlp.MLP, MLPClassifier or MLPRegressor.
+
+    Never executes code from the file. Raises ModelFileError (a ValueError) if the file is
+    truncated, corrupt, tampered with, or describes an invalid model."""
+    f = io.read_model(path, ("MLP",) + _ESTIMATORS, max_bytes=max_bytes)
+    if f.kind == "MLP":
+        return MLP._from_file(f)
+    # optional dependency (scikit-learn): imported lazily, on purpose, only for an estimator
+    from . import estimators
+    return getattr(estimators, f.kind)._from_file(f)
 
 
 def __getattr__(name):
-    if name not in _LAZY:
+    if name not in _ESTIMATORS:
         raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
-    import importlib
-    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-    return module if _LAZY[name] is None else getattr(module, name)
+    # optional dependency (scikit-learn): imported lazily, on purpose, on first use
+    from . import estimators
+    return getattr(estimators, name)
 
 
 __all__ = [
     "ACTIVATIONS", "MLP", "MLPClassifier", "MLPRegressor", "TrainStep", "load", "optim",
-    "activation_backward", "adam_update", "bias_activation", "bias_grad",
-    "get_num_threads", "info", "matmul", "profile", "measure_peak_gflops", "mse_loss", "rmsprop_update",
-    "set_num_threads", "sgd_update", "sigmoid_cross_entropy", "softmax_cross_entropy",
+    "activation_backward", "adam_update", "bias_activation", "bias_grad", "core",
+    "get_num_threads", "info", "io", "matmul", "measure_peak_gflops", "model", "mse_loss",
+    "profile", "reference", "rmsprop_update", "set_num_threads", "sgd_update",
+    "sigmoid_cross_entropy", "softmax_cross_entropy", "testing",
 ]

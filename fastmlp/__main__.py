@@ -1,4 +1,4 @@
-"""`python -m fastmlp`: the fastmlp command (fastmlp.cli)."""
-from fastmlp.cli import main
+"""`python -m fastmlp`: the fastmlp command (fastmlp.tools.cli)."""
+from fastmlp.tools.cli import main
 
 main()

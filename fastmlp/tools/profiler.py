@@ -18,15 +18,15 @@ Formulas (per call; M x N the output, K the inner dimension, n an optimizer's el
 % of peak compares GFLOP/s with the FMA peak measured on this machine (fastmlp.measure_peak_gflops)
 for the ISA and thread count in use.
 """
-from . import _kernels
+from ..core import _native
 
 _peaks = {}
 
 
 def _peak(threads):
-    key = (_kernels.get_isa(), threads)
+    key = (_native.get_isa(), threads)
     if key not in _peaks:
-        _peaks[key] = _kernels.measure_peak_gflops(0.2, threads)
+        _peaks[key] = _native.measure_peak_gflops(0.2, threads)
     return _peaks[key]
 
 
@@ -65,14 +65,14 @@ class profile:
         self.threads = None
 
     def __enter__(self):
-        self.threads = _kernels.get_num_threads()
+        self.threads = _native.get_num_threads()
         if self.peak_gflops is None:
             self.peak_gflops = _peak(self.threads)
-        _kernels._profile_start()
+        _native._profile_start()
         return self
 
     def __exit__(self, *exc):
-        rows = _kernels._profile_stop()
+        rows = _native._profile_stop()
         for r in rows:
             r["name"] = _describe(r)
             s = r["seconds"]
@@ -89,7 +89,7 @@ class profile:
 
     def to_dict(self):
         """Records plus the context they were measured in."""
-        return dict(isa=_kernels.get_isa(), threads=self.threads, peak_gflops=self.peak_gflops,
+        return dict(isa=_native.get_isa(), threads=self.threads, peak_gflops=self.peak_gflops,
                     total_seconds=self.total_seconds, records=list(self.records))
 
     def table(self):
@@ -102,5 +102,5 @@ class profile:
                          f"{r['mean_seconds'] * 1e6:9.1f} {r['gflops']:8.1f} {r['gbps']:7.1f} "
                          f"{r['percent_of_peak']:5.1f}% {100 * r['seconds'] / total:5.1f}%")
         lines.append(f"total {self.total_seconds * 1e3:.2f} ms in kernels; peak "
-                     f"{self.peak_gflops:.1f} GFLOP/s ({_kernels.get_isa()}, {self.threads} threads)")
+                     f"{self.peak_gflops:.1f} GFLOP/s ({_native.get_isa()}, {self.threads} threads)")
         return "\n".join(lines)

@@ -9,11 +9,15 @@
 
 The same step as one native call (GIL released, no allocation): ``model.train_step(...)``
 returns a fastmlp TrainStep bound to the model's parameters.
+
+The parameters are views of one flat float32 buffer (``fastmlp.core.flat_params``), and so are
+the gradients: a custom loop can reduce or step all of them at once.
 """
 import numpy as np
 
-from . import _kernels
-from ._kernels import ACTIVATIONS
+from .. import io
+from ..core import (ACTIVATIONS, TrainStep, activation_backward, bias_activation, bias_grad,
+                    dropout_mask, flat_buffer, flat_params, matmul)
 
 __all__ = ["MLP", "init_params"]
 
@@ -72,9 +76,9 @@ class MLP:
         outputs in forward(training=True), inverted (kept units scaled by 1 / (1 - p)).
     random_state: int seed or None; seeds the initial weights and the dropout masks.
 
-    Attributes: params [W0, b0, ...] float32 with W_l (n_l, n_{l+1}); grads, same shapes,
-    written by backward; activations (per hidden layer); t (training forwards done: dropout's
-    step counter).
+    Attributes: params [W0, b0, ...] float32 with W_l (n_l, n_{l+1}), views of one flat buffer
+    (fastmlp.core.flat_params); grads, the same in a buffer of their own, written by backward;
+    activations (per hidden layer); t (training forwards done: dropout's step counter).
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", *,
@@ -96,9 +100,9 @@ class MLP:
         self.layer_sizes, self.activations = sizes, acts
         self.output_activation, self.init, self.dropout = output_activation, init, drop
         self.seed = int(seed[1])     # dropout's key
-        self.params = init_params(sizes, acts + [output_activation], init,
-                                  np.random.default_rng(int(seed[0])))
-        self.grads = [np.zeros_like(p) for p in self.params]
+        self.params = flat_params(init_params(sizes, acts + [output_activation], init,
+                                              np.random.default_rng(int(seed[0]))))
+        self.grads = flat_params([np.zeros_like(p) for p in self.params])
         self.t = 0
         self._cache = None
 
@@ -117,14 +121,13 @@ class MLP:
         for l in range(self.n_layers):
             W, b, act = self.params[2 * l], self.params[2 * l + 1], self._act(l)
             if act == "gelu" and training:
-                z = _kernels.matmul(a, W, bias=b)
-                y = _kernels.bias_activation(z, None, "gelu")
+                z = matmul(a, W, bias=b)
+                y = bias_activation(z, None, "gelu")
             else:
-                z, y = None, _kernels.matmul(a, W, bias=b, activation=act)
+                z, y = None, matmul(a, W, bias=b, activation=act)
             mask = None
             if training and l < self.n_layers - 1 and self.dropout[l] > 0:
-                mask = _kernels.dropout_mask(y.shape[0], y.shape[1], self.dropout[l], self.seed,
-                                             self.t, l)
+                mask = dropout_mask(y.shape[0], y.shape[1], self.dropout[l], self.seed, self.t, l)
                 a = y * mask
             else:
                 a = y
@@ -142,17 +145,17 @@ class MLP:
         cache = self._cache
         _, z, y, _ = cache[-1]
         out_act = self.output_activation
-        d = dout if out_act == "identity" else _kernels.activation_backward(dout, out_act, y=y, z=z)
+        d = dout if out_act == "identity" else activation_backward(dout, out_act, y=y, z=z)
         for l in range(self.n_layers - 1, -1, -1):
             a_prev, z_prev, y_prev, mask_prev = cache[l]
-            _kernels.matmul(a_prev, d, trans_a=True, out=self.grads[2 * l])
-            _kernels.bias_grad(d, out=self.grads[2 * l + 1])
+            matmul(a_prev, d, trans_a=True, out=self.grads[2 * l])
+            bias_grad(d, out=self.grads[2 * l + 1])
             W = self.params[2 * l]
             if l == 0:
-                return _kernels.matmul(d, W, trans_b=True)
+                return matmul(d, W, trans_b=True)
             act = self.activations[l - 1]
             grad_act = None if act == "identity" else act
-            d = _kernels.matmul(d, W, trans_b=True, grad_activation=grad_act, y=y_prev, z=z_prev)
+            d = matmul(d, W, trans_b=True, grad_activation=grad_act, y=y_prev, z=z_prev)
             if mask_prev is not None:
                 d *= mask_prev
 
@@ -162,16 +165,34 @@ class MLP:
 
     def train_step(self, loss, max_batch, *, optimizer="adam", **hyper):
         """A TrainStep over this model's parameters (updated in place): one native call per
-        minibatch. loss: "softmax", "sigmoid" or "mse" (the output layer must be identity:
-        the loss applies softmax / sigmoid). hyper: TrainStep's keywords (lr goes to run())."""
+        minibatch, or its phases. loss: "softmax_cross_entropy", "sigmoid_cross_entropy" or
+        "mse_loss" (the output layer must be identity: the loss applies softmax / sigmoid).
+        hyper: TrainStep's keywords (lr goes to run() or update())."""
         if self.output_activation != "identity":
             raise ValueError("train_step needs output_activation='identity' (the loss applies "
                              "softmax or sigmoid itself)")
-        return _kernels.TrainStep(self.params, self.activations, loss, max_batch,
-                                  optimizer=optimizer, dropout=self.dropout, seed=self.seed,
-                                  **hyper)
+        if flat_buffer(self.params) is None:
+            # entries of params were replaced: gather them into one buffer again (same values)
+            self.params = flat_params(self.params)
+        return TrainStep(self.params, self.activations, loss, max_batch, optimizer=optimizer,
+                         dropout=self.dropout, seed=self.seed, **hyper)
 
     def save(self, path):
         """Write the model to a .safetensors file (fastmlp.load reads it back)."""
-        from .io import save_model
-        save_model(self, path)
+        io.write_model(path, "MLP", self.params[0::2], self.params[1::2], self.activations,
+                       self.output_activation,
+                       dict(init=self.init, dropout=self.dropout, seed=str(self.seed)))
+
+    @classmethod
+    def _from_file(cls, f):
+        """The MLP a checked io.ModelFile holds."""
+        drop, seed, init = f.doc.get("dropout"), f.doc.get("seed"), f.doc.get("init")
+        f.expect(isinstance(drop, list) and len(drop) == len(f.activations)
+                 and all(isinstance(p, (int, float)) and 0 <= p < 1 for p in drop),
+                 f"bad dropout {drop!r}")
+        f.expect(isinstance(seed, str) and seed.isdigit(), f"bad seed {seed!r}")
+        f.expect(init in INITS, f"bad init {init!r}")
+        model = cls(f.layer_sizes, f.activations, f.out_activation, init=init, dropout=drop)
+        model.seed = int(seed)
+        model.params = flat_params([p for pair in zip(f.coefs, f.intercepts) for p in pair])
+        return model

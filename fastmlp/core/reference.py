@@ -3,7 +3,7 @@
 This module is the oracle the kernel tests compare against and the baseline the benchmarks measure
 speedups from, so it is written to be read, not to be fast: one function per kernel, each a
 direct transcription of the formula in its docstring (and in ``csrc/fastmlp.h``). The functions
-have the same names and signatures as the compiled ones in ``fastmlp``.
+have the same names and signatures as the compiled ones in ``fastmlp`` (``KERNELS``).
 
 Every function computes in the floating dtype it is given (float64 in the finite-difference
 tests, float32 to mirror the kernels) and never upcasts or downcasts silently: Python scalars
@@ -16,6 +16,8 @@ compiled bindings validate everything.
 import math
 
 import numpy as np
+
+from ._native import ACTIVATIONS
 
 __all__ = [
     "ACTIVATIONS",
@@ -31,8 +33,6 @@ __all__ = [
     "rmsprop_update",
     "adam_update",
 ]
-
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
 
 # GELU, tanh approximation (GPT-2 / llm.c): gelu(x) = 0.5 x (1 + tanh(u)), u = C0 (x + C1 x^3).
 _GELU_C0 = math.sqrt(2.0 / math.pi)

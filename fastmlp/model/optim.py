@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from . import _kernels
+from ..core import adam_update, rmsprop_update, sgd_update
 
 __all__ = ["SGD", "RMSProp", "Adam", "AdamW", "Constant", "InverseScaling", "StepDecay",
            "CosineWarmup", "ReduceOnPlateau"]
@@ -164,8 +164,8 @@ class SGD(_Optimizer):
         self.momentum, self.nesterov, self.l2 = momentum, nesterov, l2
 
     def _update(self, p, g, state, lr):
-        _kernels.sgd_update(p, g, lr=lr, l2=self.l2, momentum=self.momentum,
-                            nesterov=self.nesterov, velocity=state[0] if state else None)
+        sgd_update(p, g, lr=lr, l2=self.l2, momentum=self.momentum, nesterov=self.nesterov,
+                   velocity=state[0] if state else None)
 
 
 class RMSProp(_Optimizer):
@@ -177,7 +177,7 @@ class RMSProp(_Optimizer):
         self.rho, self.eps, self.l2 = rho, eps, l2
 
     def _update(self, p, g, state, lr):
-        _kernels.rmsprop_update(p, g, state[0], lr=lr, rho=self.rho, eps=self.eps, l2=self.l2)
+        rmsprop_update(p, g, state[0], lr=lr, rho=self.rho, eps=self.eps, l2=self.l2)
 
 
 class Adam(_Optimizer):
@@ -191,9 +191,8 @@ class Adam(_Optimizer):
         self.weight_decay = weight_decay
 
     def _update(self, p, g, state, lr):
-        _kernels.adam_update(p, g, state[0], state[1], step=self.t, lr=lr, beta1=self.beta1,
-                             beta2=self.beta2, eps=self.eps, l2=self.l2,
-                             weight_decay=self.weight_decay)
+        adam_update(p, g, state[0], state[1], step=self.t, lr=lr, beta1=self.beta1,
+                    beta2=self.beta2, eps=self.eps, l2=self.l2, weight_decay=self.weight_decay)
 
 
 class AdamW(Adam):

@@ -1,5 +1,5 @@
-"""Python API of the compiled kernels: validation (fastmlp/_kernels.pyx notes a-e), threads, ISA
-dispatch at import, concurrency and info().
+"""Python API of the compiled kernels: validation (fastmlp/core/_native.pyx notes a-e), threads,
+ISA dispatch at import, concurrency, info() and one vocabulary across C and Python.
 
 Numerical results here are compared bitwise (same kernel, same inputs) or with the GEMM bound of
 test_gemm.py (2 K u |a| @ |b|, fastmlp.testing.gemm_error_bound).
@@ -15,7 +15,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastmlp
-from fastmlp import _kernels
+from fastmlp import core
 from fastmlp.testing import assert_bitwise_equal, assert_close, gemm_error_bound
 
 F = np.float32
@@ -250,10 +250,10 @@ def test_set_num_threads_accepts():
 
 def test_unknown_isa():
     with pytest.raises(ValueError, match=r"unknown ISA 'sse9'"):
-        _kernels.set_isa("sse9")
+        core.set_isa("sse9")
     with pytest.raises(ValueError, match=r"unknown ISA"):
-        _kernels.gemm_blocks("neon")
-    assert _kernels.get_isa() in _kernels.supported_isas()
+        core.gemm_blocks("neon")
+    assert core.get_isa() in core.supported_isas()
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ CHECK_CODE = """
 """
 
 
-@pytest.mark.parametrize("name", list(_kernels.supported_isas()))
+@pytest.mark.parametrize("name", list(core.supported_isas()))
 def test_fastmlp_isa_env_selects_path(tmp_path, name):
     r = _run_python(CHECK_CODE.format(file=fastmlp.__file__), tmp_path, FASTMLP_ISA=name)
     assert r.returncode == 0, r.stderr
@@ -376,7 +376,7 @@ def test_fastmlp_isa_env_selects_path(tmp_path, name):
 def test_fastmlp_isa_env_default_is_widest(tmp_path):
     r = _run_python(CHECK_CODE.format(file=fastmlp.__file__), tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[0] == _kernels.supported_isas()[-1]
+    assert r.stdout.split()[0] == core.supported_isas()[-1]
 
 
 @pytest.mark.parametrize("value", ["sse9", "AVX-512", "neon"])
@@ -389,7 +389,7 @@ def test_fastmlp_isa_env_bogus_fails_at_import(tmp_path, value):
 
 
 def test_fastmlp_isa_env_unsupported_fails_at_import(tmp_path):
-    unsupported = [i for i in _kernels.ISAS if i not in _kernels.supported_isas()]
+    unsupported = [i for i in core.ISAS if i not in core.supported_isas()]
     if not unsupported:
         pytest.skip("this CPU supports every ISA path")
     r = _run_python("import fastmlp", tmp_path, FASTMLP_ISA=unsupported[-1])
@@ -404,10 +404,10 @@ def test_fastmlp_isa_env_case_and_spaces(tmp_path):
 
 
 def test_set_isa_switches_and_restores(isa):
-    assert _kernels.get_isa() == isa
+    assert core.get_isa() == isa
     assert fastmlp.info()["isa"] == isa
-    blocks = _kernels.gemm_blocks()
-    assert blocks == _kernels.gemm_blocks(isa)
+    blocks = core.gemm_blocks()
+    assert blocks == core.gemm_blocks(isa)
     assert set(blocks) == {"mr", "nr", "kc", "mc", "nc"}
     assert all(isinstance(v, int) and v >= 1 for v in blocks.values())
 
@@ -422,11 +422,40 @@ def test_info():
     for key in ("version", "isa", "supported_isas", "num_threads", "openmp"):
         assert key in info, key
     assert info["version"] == fastmlp.__version__
-    assert info["isa"] == _kernels.get_isa()
+    assert info["isa"] == core.get_isa()
     assert info["isa"] in info["supported_isas"]
-    assert info["supported_isas"] == list(_kernels.supported_isas())
+    assert info["supported_isas"] == list(core.supported_isas())
     assert info["supported_isas"][0] == "generic"
     assert info["num_threads"] == fastmlp.get_num_threads()
     assert info["openmp"] is None or "library" in info["openmp"]
     fastmlp.set_num_threads(3)
     assert fastmlp.info()["num_threads"] == 3
+
+
+# --------------------------------------------------------------------------------------------
+# One vocabulary: the C side's names are the Python names
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_kernel_has_one_name_in_c_python_and_the_reference():
+    """KERNELS is read from the C side (fm_kernel_name, the profiler's names): each is a function
+    of fastmlp and of fastmlp.reference, with the same parameters."""
+    import inspect
+    assert len(core.KERNELS) == len(set(core.KERNELS)) >= 10
+    for name in core.KERNELS:
+        ours, twin = getattr(fastmlp, name), getattr(fastmlp.reference, name)
+        assert callable(ours) and callable(twin), name
+        assert name in fastmlp.__all__ and name in fastmlp.reference.__all__, name
+        assert ours.__doc__ and twin.__doc__, name
+        params = list(inspect.signature(twin).parameters)
+        assert params == list(inspect.signature(ours).parameters), name
+
+
+def test_enum_names_come_from_one_place():
+    assert fastmlp.ACTIVATIONS is core.ACTIVATIONS is fastmlp.reference.ACTIVATIONS
+    assert core.ACTIVATIONS == ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
+    assert core.ISAS == ("generic", "avx2", "avx512")
+    assert core.GEMM_PATHS == ("blocked", "blocked_ct", "dot")
+    assert set(core.LOSSES) <= set(core.KERNELS)
+    assert {f"{o}_update" for o in core.OPTIMIZERS} <= set(core.KERNELS)
+    assert set(core.supported_isas()) <= set(core.ISAS)

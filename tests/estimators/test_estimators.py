@@ -1,7 +1,8 @@
-"""Model API, TrainStep, estimators (scikit-learn compatibility) and saving.
+"""The scikit-learn estimators: scikit-learn's estimator checks, the parameters and attributes
+of its MLPs, their training behaviour, and saving them.
 
-TrainStep and MLP.backward are compared with a float64 NumPy computation built from
-fastmlp.reference, with the tolerance of a whole float32 forward/backward (rtol 1e-4, atol 1e-5).
+The trajectory against scikit-learn's own MLPs is in test_sklearn_trajectory.py; the training
+step they run is tested in tests/model.
 """
 import pickle
 import warnings
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import optim, reference as ref
 from fastmlp.testing import assert_bitwise_equal, assert_close
 
 sklearn = pytest.importorskip("sklearn")
@@ -22,8 +22,10 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from fastmlp import MLP, MLPClassifier, MLPRegressor  # noqa: E402
+from fastmlp import MLPClassifier, MLPRegressor  # noqa: E402
 from fastmlp.io import ModelFileError  # noqa: E402
+
+from conftest import rewrite_meta  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -72,122 +74,6 @@ def test_pipeline_gridsearch_clone(clf_data):
     c = clone(grid.best_estimator_[-1])
     assert c.get_params() == grid.best_estimator_[-1].get_params()
     assert not hasattr(c, "coefs_")
-
-
-# ---- TrainStep and model API against float64 NumPy ------------------------------------------
-
-def _reference_step(params, acts, X, y, loss, alpha, sample_weight=None):
-    """float64 loss and gradients of one step, from fastmlp.reference."""
-    p = [q.astype(np.float64) for q in params]
-    a = [X.astype(np.float64)]
-    for l in range(len(p) // 2):
-        z = a[-1] @ p[2 * l] + p[2 * l + 1]
-        a.append(ref.activation_forward(z, acts[l]) if l < len(acts) else z)
-    lossfn = {"softmax": ref.softmax_cross_entropy, "sigmoid": ref.sigmoid_cross_entropy,
-              "mse": ref.mse_loss}[loss]
-    w = None if sample_weight is None else sample_weight * len(X) / sample_weight.sum()
-    value, d = lossfn(a[-1], y if loss == "softmax" else y.astype(np.float64), w)
-    # scikit-learn's L2 scale: the batch size, or the batch's sum of sample weights
-    rows = len(X) if sample_weight is None else float(sample_weight.astype(np.float64).sum())
-    value += alpha / (2 * rows) * sum((p[2 * l] ** 2).sum() for l in range(len(p) // 2))
-    grads = [None] * len(p)
-    for l in range(len(p) // 2 - 1, -1, -1):
-        grads[2 * l], grads[2 * l + 1] = a[l].T @ d, d.sum(axis=0)
-        if l:
-            d = ref.activation_backward(d @ p[2 * l].T, acts[l - 1], y=a[l], z=None)
-    return value, p, grads
-
-
-@pytest.mark.parametrize("loss,solver", [("softmax", "adam"), ("sigmoid", "sgd"),
-                                         ("mse", "rmsprop")])
-def test_train_step_matches_reference(loss, solver):
-    rng = np.random.default_rng(1)
-    acts = ["relu", "tanh"]
-    model = MLP([6, 9, 7, 4], acts, random_state=0)
-    X = rng.standard_normal((11, 6)).astype(np.float32)
-    y = (rng.integers(0, 4, 11).astype(np.int32) if loss == "softmax"
-         else (rng.random((11, 4)) > 0.5).astype(np.float32))
-    sw = rng.random(11).astype(np.float32)
-    alpha, lr = 0.3, 0.05
-    value, p64, g64 = _reference_step(model.params, acts, X, y, loss, alpha, sw)
-    step = model.train_step(loss, 16, optimizer=solver, alpha=alpha, momentum=0.9)
-    got = step.run(X, y, sw, lr=lr)
-    assert got == pytest.approx(value, rel=1e-5)
-    for i, (p, g) in enumerate(zip(p64, g64)):
-        assert_close(step.grads[i], g, **TOL, name=f"grad {i}")
-        l2 = alpha / float(sw.astype(np.float64).sum()) if i % 2 == 0 else 0.0
-        if solver == "adam":
-            ref.adam_update(p, g, np.zeros_like(p), np.zeros_like(p), step=1, lr=lr, l2=l2)
-        elif solver == "sgd":
-            ref.sgd_update(p, g, lr=lr, l2=l2, momentum=0.9, nesterov=False,
-                           velocity=np.zeros_like(p))
-        else:
-            ref.rmsprop_update(p, g, np.zeros_like(p), lr=lr, l2=l2)
-        assert_close(model.params[i], p, **TOL, name=f"param {i}")
-
-
-def test_model_backward_matches_train_step_with_dropout():
-    """forward/backward/optimizer of the model API == one TrainStep call (same dropout masks)."""
-    rng = np.random.default_rng(2)
-    X = rng.standard_normal((8, 5)).astype(np.float32)
-    y = rng.integers(0, 3, 8).astype(np.int32)
-    a = MLP([5, 16, 12, 3], ["gelu", "leaky_relu"], dropout=0.4, random_state=3)
-    b = pickle.loads(pickle.dumps(a))
-    out = a.forward(X, training=True)
-    _, dout = fastmlp.softmax_cross_entropy(out, y)
-    dX = a.backward(dout)
-    assert dX.shape == X.shape
-    opt = optim.Adam(a, lr=0.01)
-    opt.step()
-    b.train_step("softmax", 8, optimizer="adam").run(X, y, lr=0.01)
-    for pa, pb in zip(a.params, b.params):
-        assert_close(pa, pb, **TOL)
-    assert not np.array_equal(a.params[0], pickle.loads(pickle.dumps(b)).params[0] * 0)
-
-
-def test_dropout_mask_deterministic_and_scaled():
-    m = fastmlp._kernels.dropout_mask(200, 50, 0.25, 7, 3, 1)
-    assert_bitwise_equal(m, fastmlp._kernels.dropout_mask(200, 50, 0.25, 7, 3, 1))
-    assert set(np.unique(m)) <= {0.0, np.float32(1 / 0.75)}
-    assert abs((m == 0).mean() - 0.25) < 0.02
-    assert not np.array_equal(m, fastmlp._kernels.dropout_mask(200, 50, 0.25, 7, 4, 1))
-
-
-def test_init_schemes():
-    he = MLP([400, 300, 10], "relu", random_state=0)
-    assert he.params[0].std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
-    glorot = MLP([400, 300, 10], "tanh", random_state=0)
-    assert np.abs(glorot.params[0]).max() <= np.sqrt(6 / 700)
-    assert not glorot.params[1].any()
-    sk = MLP([400, 300, 10], "logistic", init="sklearn", random_state=0)
-    assert np.abs(sk.params[0]).max() <= np.sqrt(2 / 700) and sk.params[1].any()
-
-
-@pytest.mark.parametrize("opt_cls", [optim.SGD, optim.RMSProp, optim.Adam, optim.AdamW])
-def test_optimizers_reduce_loss(opt_cls):
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((64, 4)).astype(np.float32)
-    y = (X[:, 0] > 0).astype(np.int32)
-    model = MLP([4, 16, 2], random_state=0)
-    opt = opt_cls(model, lr=0.05) if opt_cls is not optim.SGD else opt_cls(model, 0.1, 0.9, True)
-    losses = []
-    for _ in range(30):
-        loss, d = fastmlp.softmax_cross_entropy(model.forward(X, training=True), y)
-        model.backward(d)
-        opt.step()
-        losses.append(loss)
-    assert losses[-1] < 0.5 * losses[0]
-
-
-def test_schedules():
-    assert optim.InverseScaling(1.0, 0.5)(3) == pytest.approx(0.5)
-    assert optim.StepDecay(1.0, 10, 0.5)(25) == pytest.approx(0.25)
-    cos = optim.CosineWarmup(1.0, total=110, warmup=10)
-    assert cos(0) == pytest.approx(0.1) and cos(10) == 1.0 and cos(110) == pytest.approx(0)
-    plateau = optim.ReduceOnPlateau(1.0, patience=1, tol=0.1)
-    for m in [1.0, 1.0, 1.0]:
-        lr = plateau.report(m)
-    assert lr == pytest.approx(0.2)
 
 
 # ---- estimator behaviour --------------------------------------------------------------------
@@ -360,7 +246,7 @@ def test_invalid_parameters(clf_data):
             MLPClassifier(**bad).fit(X, y)
 
 
-# ---- saving ---------------------------------------------------------------------------------
+# ---- saving (the file format's own checks: tests/io) ----------------------------------------
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, clf_data):
@@ -384,12 +270,22 @@ def test_save_load_round_trips(saved, clf_data, reg_data, tmp_path):
     reg = MLPRegressor((5,), max_iter=3, random_state=0).fit(Xr, yr)
     reg.save(tmp_path / "r.safetensors")
     assert_bitwise_equal(fastmlp.load(tmp_path / "r.safetensors").predict(Xr), reg.predict(Xr))
-    model = MLP([4, 3, 2], "tanh", dropout=0.1, random_state=0)
-    model.save(tmp_path / "m.safetensors")
-    back = fastmlp.load(tmp_path / "m.safetensors")
-    x = np.ones((2, 4), np.float32)
-    assert_bitwise_equal(back.predict(x), model.predict(x))
-    assert back.seed == model.seed and back.dropout == model.dropout
+    with pytest.raises(TypeError, match="fitted"):
+        MLPClassifier().save(tmp_path / "unfitted.safetensors")
+
+
+def test_loaded_and_unpickled_estimators_train_on(saved, clf_data):
+    """partial_fit after load or unpickling gathers coefs_ into one flat buffer again and goes
+    on from the saved weights."""
+    X, y = clf_data
+    labels = np.array(["cat", "dog", "emu"])[y]
+    clf, path, _ = saved
+    for est in (fastmlp.load(path), pickle.loads(pickle.dumps(clf))):
+        before = est.coefs_[0].copy()
+        est.partial_fit(X, labels)
+        assert fastmlp.core.flat_buffer(est._step.params) is est._step.flat_params
+        assert est.coefs_[0] is est._step.params[0]
+        assert not np.array_equal(est.coefs_[0], before)
 
 
 def test_saved_model_records_its_context(saved):
@@ -403,46 +299,17 @@ def test_saved_model_records_its_context(saved):
     assert doc["trained_with"] == {k: machine[k] for k in ("isa", "num_threads", "cpu", "openmp")}
 
 
-def _rewrite_meta(raw, edit):
-    """raw file bytes with the fastmlp metadata document edited by edit(dict)."""
-    import json
-    import struct
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    doc = json.loads(header["__metadata__"]["fastmlp"])
-    edit(doc)
-    header["__metadata__"]["fastmlp"] = json.dumps(doc)
-    text = json.dumps(header).encode()
-    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
-
-
-def _set(key, value):
-    return lambda doc: doc.__setitem__(key, value)
-
-
-@pytest.mark.parametrize("corrupt,match", [
-    (lambda raw: raw[:-7], "truncated|bytes"),
-    (lambda raw: raw[:5], "truncated"),
-    (lambda raw: raw[:20] + bytes([raw[20] ^ 0x55]) + raw[21:], "corrupt|tensor|fastmlp"),
-    (lambda raw: _rewrite_meta(raw, _set("layer_sizes", [10, 9, 6, 3])), "shape"),
-    (lambda raw: _rewrite_meta(raw, _set("activations", ["relu", "os.system"])),
-     "unknown activation"),
-    (lambda raw: _rewrite_meta(raw, _set("format_version", 99)), "format_version"),
-    (lambda raw: _rewrite_meta(raw, _set("hyperparameters", {"callback": "print"})),
-     "hyperparameter"),
-    (lambda raw: _rewrite_meta(raw, lambda d: d["classes"].__setitem__("values", [1, 2])),
-     "classes|dtype"),
-    (lambda raw: raw[:-4] + np.float32(np.nan).tobytes(), "non-finite"),
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: d.__setitem__("hyperparameters", {"callback": "print"}), "hyperparameter"),
+    (lambda d: d["hyperparameters"].__setitem__("alpha", -1.0), "invalid hyperparameters"),
+    (lambda d: d["classes"].__setitem__("values", [1, 2]), "classes|dtype"),
+    (lambda d: d["classes"].__setitem__("values", ["a", "b"]), "classes"),
+    (lambda d: d["attributes"].__setitem__("n_features_in_", 3), "n_features_in_"),
+    (lambda d: d.__setitem__("out_activation", "identity"), "classes"),
 ])
-def test_load_rejects_bad_files(saved, tmp_path, corrupt, match):
+def test_load_rejects_bad_estimator_files(saved, tmp_path, edit, match):
     _, _, raw = saved
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(corrupt(raw))
+    bad.write_bytes(rewrite_meta(raw, edit))
     with pytest.raises(ModelFileError, match=match):
         fastmlp.load(bad)
-
-
-def test_load_size_cap(saved):
-    _, path, _ = saved
-    with pytest.raises(ValueError, match="cap"):
-        fastmlp.load(path, max_bytes=100)

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastmlp
-from fastmlp import _kernels
+from fastmlp import core
 from fastmlp import reference as ref
 from fastmlp.testing import (
     ELEMENTWISE_ATOL,
@@ -46,16 +46,14 @@ from fastmlp.testing import (
     gemm_error_bound,
 )
 
+from conftest import bitwise_across_threads, f32
+
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]  # NN, NT, TN, TT
-ACTS = ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
+ACTS = fastmlp.ACTIVATIONS
 # max |act'(x)|: how much a perturbation of the product can grow through the activation
 MAX_DERIV = {"identity": 1.0, "relu": 1.0, "leaky_relu": 1.0, "tanh": 1.0, "logistic": 0.25,
              "gelu": 1.13}
 SLOPE = 0.05
-
-
-def f32(x):
-    return np.asarray(x, dtype=np.float32)
 
 
 def stored(op, trans):
@@ -73,7 +71,7 @@ def edge_data(isa):
     """Inputs of the edge sweeps of one ISA, built once: op(A) (Mmax, Kmax), op(B) (Kmax, Nmax),
     a bias, y / z operands of the backward epilogues, and, per k, the float64 product of the
     leading k columns / rows and |op(A)| @ |op(B)| (every smaller problem is a slice of them)."""
-    blk = _kernels.gemm_blocks(isa)
+    blk = core.gemm_blocks(isa)
     ms = list(range(1, 3 * blk["mr"] + 2))
     ns = list(range(1, 3 * blk["nr"] + 2))
     ks = [1, blk["kc"] - 1, blk["kc"], blk["kc"] + 1]
@@ -187,7 +185,7 @@ def _bound_ab(a_op, b_op, c0, alpha, beta):
                                         (0.0, 2.0)])
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
 def test_alpha_beta(isa, rng, alpha, beta, ta, tb):
-    kc = _kernels.gemm_blocks(isa)["kc"]
+    kc = core.gemm_blocks(isa)["kc"]
     m, n, k = 23, 45, 2 * kc + 7  # three K blocks: beta applies on the first only
     a_op = f32(rng.standard_normal((m, k)))
     b_op = f32(rng.standard_normal((k, n)))
@@ -410,20 +408,11 @@ def test_thread_count_does_not_change_bits(isa, m, n, k, ta, tb):
     b_op = f32(rng.standard_normal((k, n)))
     bias = f32(rng.standard_normal(n))
     a_st, b_st = stored(a_op, ta), stored(b_op, tb)
-    results = {}
-    try:
-        for nt in (1, 2, 3, 7):
-            fastmlp.set_num_threads(nt)
-            assert fastmlp.get_num_threads() == nt
-            results[nt] = fastmlp.matmul(a_st, b_st, trans_a=ta, trans_b=tb, bias=bias,
-                                         activation="gelu")
-    finally:
-        fastmlp.set_num_threads(None)
-    for nt in (2, 3, 7):
-        assert_bitwise_equal(results[nt], results[1], name=f"{nt} threads vs 1")
+    (c,) = bitwise_across_threads(lambda: (fastmlp.matmul(a_st, b_st, trans_a=ta, trans_b=tb,
+                                                          bias=bias, activation="gelu"),))
     expected = ref.matmul(a_op.astype(np.float64), b_op.astype(np.float64), bias=bias,
                           activation="gelu")
-    assert_close(results[1], expected, rtol=ELEMENTWISE_RTOL, atol=ELEMENTWISE_ATOL,
+    assert_close(c, expected, rtol=ELEMENTWISE_RTOL, atol=ELEMENTWISE_ATOL,
                  bound=MAX_DERIV["gelu"] * gemm_error_bound(a_op, b_op, k))
 
 
@@ -434,7 +423,7 @@ def test_row_alone_equals_row_in_batch(isa, ta, tb, epilogue, narrow):
     """Narrow: a 10-wide C, which the kernel may compute as dot products along k (row-major
     A) or as C^T (transposed A) depending on the shape: a row must come out the same."""
     rng = np.random.default_rng(5)
-    blk = _kernels.gemm_blocks(isa)
+    blk = core.gemm_blocks(isa)
     m, n, k = 4 * blk["mr"] + 3, 10 if narrow else 3 * blk["nr"] + 5, blk["kc"] + 9
     a_op = f32(rng.standard_normal((m, k)))
     b_op = f32(rng.standard_normal((k, n)))
@@ -534,3 +523,99 @@ def test_property_random_small_gemm(isa, m, n, k, ta, tb, seed, act, use_bias, a
                           negative_slope=SLOPE)
     assert_close(out, expected, rtol=ELEMENTWISE_RTOL, atol=ELEMENTWISE_ATOL,
                  bound=MAX_DERIV[act or "identity"] * _bound_ab(a_op, b_op, c0, alpha, beta))
+
+
+# --------------------------------------------------------------------------------------------
+# The plan (fm_plan_matmul): which path each product of an MLP step takes
+# --------------------------------------------------------------------------------------------
+
+
+def _plan(m, n, k, ta=False, tb=False, n_threads=2):
+    a = np.zeros((k, m) if ta else (m, k), np.float32)
+    b = np.zeros((n, k) if tb else (k, n), np.float32)
+    fastmlp.set_num_threads(n_threads)
+    return core.matmul_plan(a, b, trans_a=ta, trans_b=tb)
+
+
+# A 784-512-256-10 MLP at batch 128: forward X W, weight gradients X^T D, input gradients D W^T.
+# The narrow paths depend on the vector width: 10 classes fill most of AVX-512's 16 lanes (the
+# dot path forward, C^T for dW), not AVX2's 8 or the generic path's 4 (fastmlp.h, FM_PATH_*).
+ANY = dict(generic="blocked", avx2="blocked", avx512="blocked")
+MLP_PRODUCTS = [
+    ("forward 784->512", (128, 512, 784), False, False, ANY),
+    ("forward logits 256->10", (128, 10, 256), False, False,
+     dict(generic="blocked", avx2="blocked", avx512="dot")),
+    ("dW 784x512", (784, 512, 128), True, False, ANY),
+    ("dW logits 256x10", (256, 10, 128), True, False,
+     dict(generic="blocked", avx2="blocked_ct", avx512="blocked_ct")),
+    ("dX from logits (K = 10)", (128, 256, 10), False, True, ANY),
+    ("dX 256->512", (128, 512, 256), False, True, ANY),
+]
+
+
+@pytest.mark.parametrize("name,shape,ta,tb,paths", MLP_PRODUCTS,
+                         ids=[p[0] for p in MLP_PRODUCTS])
+def test_plan_of_mlp_products(isa, name, shape, ta, tb, paths):
+    m, n, k = shape
+    plan = _plan(m, n, k, ta, tb)
+    assert plan["path"] == paths[isa]
+    assert 1 <= plan["threads"] <= 2
+    kc = core.gemm_blocks(isa)["kc"]
+    if plan["path"] == "dot":
+        assert plan["kc"] == 0          # the dot path does not block K
+    else:
+        blocks = -(-k // kc)
+        assert plan["kc"] == -(-k // blocks) <= kc    # equal blocks of at most KC
+        assert plan["mc"] == core.gemm_blocks(isa)["mc"]
+    if ta and not tb and plan["path"] == "blocked":
+        assert plan["split"] == "m"     # a weight gradient splits M (tall and narrow)
+    if tb:
+        assert plan["pack_b"]           # a transposed B is always packed
+
+
+def test_plan_narrow_paths_exist_where_the_lanes_are(isa):
+    """On every ISA, an N no wider than one vector takes the dot path forward and C^T for a
+    transposed A: the same 256x10 products with N = VLEN / 2 classes."""
+    vlen = {"generic": 4, "avx2": 8, "avx512": 16}[isa]
+    n = vlen // 2
+    assert _plan(128, n, 256)["path"] == "dot"
+    assert _plan(256, n, 128, ta=True)["path"] == "blocked_ct"
+
+
+def test_plan_path_does_not_depend_on_m(isa):
+    """The dot path sums along k in another order: it is chosen from N and K only, so a row alone
+    takes the path (and the bits) it takes inside a batch (fastmlp.h rule 4)."""
+    for n, k in [(10, 256), (3, 100), (16, 5000), (10, 8)]:
+        paths = {_plan(m, n, k)["path"] for m in (1, 2, 7, 128, 1000)}
+        assert len(paths) == 1, (n, k, paths)
+
+
+def test_plan_threads_follow_the_limit_and_the_size(isa):
+    assert _plan(512, 512, 512, n_threads=1)["threads"] == 1
+    assert _plan(512, 512, 512, n_threads=2)["threads"] == 2
+    assert _plan(4, 4, 4, n_threads=2)["threads"] == 1          # too small to wake a thread
+    assert _plan(0, 5, 3)["threads"] == 1
+
+
+def test_plan_matches_what_the_profiler_records(isa):
+    """The path the profiler names is the plan's: a profiled product records it."""
+    rng = np.random.default_rng(4)
+    h, w = f32(rng.standard_normal((128, 256))), f32(rng.standard_normal((256, 10)))
+    d = f32(rng.standard_normal((128, 10)))
+    fastmlp.set_num_threads(2)
+    with fastmlp.profile(peak_gflops=1.0) as prof:
+        fastmlp.matmul(h, w)
+        fastmlp.matmul(h, d, trans_a=True)
+    paths = sorted((r["flags"], r["path"]) for r in prof.records)
+    assert paths == [((), core.matmul_plan(h, w)["path"]),
+                     (("trans_a",), core.matmul_plan(h, d, trans_a=True)["path"])]
+    for r in prof.records:
+        assert r["name"].endswith(f"[{r['path']}]")
+
+
+def test_plan_rejects_bad_operands():
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        core.matmul_plan(a, a)
+    with pytest.raises(TypeError, match="float32"):
+        core.matmul_plan(a.astype(np.float64), a.T)

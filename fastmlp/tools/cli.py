@@ -6,7 +6,7 @@
     fastmlp bench [--quick] [--json FILE] [--plot FILE.png]
                                      every kernel and a training step against NumPy
 
-`train` drives the model API (fastmlp.MLP and its native TrainStep), not the scikit-learn
+`train` drives the model API (fastmlp.model.MLP and its native TrainStep), not the scikit-learn
 estimators, so that it runs right after `pip install .`: scikit-learn is an optional extra.
 """
 import argparse
@@ -19,8 +19,11 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-import fastmlp
-from fastmlp import _bench, datasets
+from .. import core, datasets
+from .._version import __version__
+from ..model import MLP
+from . import bench
+from .profiler import profile
 
 SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -29,13 +32,13 @@ SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
 
 
 def machine_report():
-    """fastmlp.info() plus measured peaks, memory bandwidth and NumPy's BLAS."""
-    report = fastmlp.info()
+    """core.info() plus measured peaks, memory bandwidth and NumPy's BLAS."""
+    report = core.info()
     threads = report["num_threads"]
     report.update(
-        peak_gflops={str(n): fastmlp.measure_peak_gflops(0.2, n) for n in sorted({1, threads})},
-        memory_bandwidth_gbps=_bench.memory_bandwidth_gbps(),
-        blas=_bench.blas_info(),
+        peak_gflops={str(n): core.measure_peak_gflops(0.2, n) for n in sorted({1, threads})},
+        memory_bandwidth_gbps=bench.memory_bandwidth_gbps(),
+        blas=bench.blas_info(),
         openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
     return report
 
@@ -53,7 +56,7 @@ def cmd_info(args):
         f"threads        {report['num_threads']} ({report['physical_cores']} physical cores)",
         f"openmp         {omp.get('library', 'none found')}",
     ]
-    lines += [f"peak           {gf:.1f} GFLOP/s on {_bench.threads_text(int(n))} (FMA, "
+    lines += [f"peak           {gf:.1f} GFLOP/s on {bench.threads_text(int(n))} (FMA, "
               f"{report['isa']})" for n, gf in report["peak_gflops"].items()]
     lines.append(f"memory         {report['memory_bandwidth_gbps']:.1f} GB/s (streaming copy, "
                  f"{report['num_threads']} threads)")
@@ -61,7 +64,7 @@ def cmd_info(args):
               f"{b['num_threads']} threads ({b['library']})" for b in report["blas"]] \
         or ["numpy blas     none found by threadpoolctl"]
     print("\n".join(lines))
-    warning = _bench.coretype_warning()
+    warning = bench.coretype_warning()
     if warning:
         print(warning, file=sys.stderr)
 
@@ -171,12 +174,12 @@ def _fraction(text):
 
 def build_model(args, n_features, n_classes):
     """The MLP and the native TrainStep that updates its parameters in place."""
-    model = fastmlp.MLP([n_features, *args.hidden, n_classes], activation=args.activation,
+    model = MLP([n_features, *args.hidden, n_classes], activation=args.activation,
                         random_state=args.seed)
     hyper = dict(optimizer="adam" if args.solver == "adamw" else args.solver)
     if args.solver == "adamw":
         hyper["weight_decay"] = args.weight_decay
-    step = model.train_step("softmax", args.batch_size, **hyper)
+    step = model.train_step("softmax_cross_entropy", args.batch_size, **hyper)
     return model, step
 
 
@@ -206,7 +209,7 @@ def fit(model, step, X, y, X_val, y_val, args, progress):
 
 def cmd_train(args):
     if args.threads:
-        fastmlp.set_num_threads(args.threads)
+        core.set_num_threads(args.threads)
     X_train, y_train, X_test, y_test, source = load_data(args)
     # Labels of any kind (digits, strings of numbers, floats) become indices 0..C-1.
     classes, y_all = np.unique(np.concatenate([y_train, y_test]), return_inverse=True)
@@ -224,12 +227,12 @@ def cmd_train(args):
               f"{args.solver} lr {args.lr:g}, batch {args.batch_size}) on {source}: "
               f"{len(X_train):,} train / {len(X_test):,} test samples", file=sys.stderr)
     progress = Progress(args.epochs, len(X_train), enabled=not args.quiet)
-    with fastmlp.profile() if args.profile else contextlib.nullcontext() as prof:
+    with profile() if args.profile else contextlib.nullcontext() as prof:
         seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress)
     acc = accuracy(model, X_test, y_test)
     print(f"test accuracy {100 * acc:.2f}% on {len(X_test):,} samples | trained in "
-          f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {fastmlp.info()['isa']}, "
-          f"{_bench.threads_text(fastmlp.get_num_threads())}")
+          f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {core.info()['isa']}, "
+          f"{bench.threads_text(core.get_num_threads())}")
     if args.profile:
         print(prof.table())
     if args.save:
@@ -248,34 +251,34 @@ def _class_list(classes):
 
 def cmd_bench(args):
     if args.plot:
-        _bench.require_matplotlib()     # fail before the measurements, not after
+        bench.require_matplotlib()     # fail before the measurements, not after
     if args.threads:
-        fastmlp.set_num_threads(args.threads)
-    warning = _bench.coretype_warning()
+        core.set_num_threads(args.threads)
+    warning = bench.coretype_warning()
     if warning:
         print(warning, file=sys.stderr)
     target, repeats = (0.005, 3) if args.quick else (0.05, 5)
     # NumPy's BLAS gets as many threads as fastmlp: a like-for-like comparison
-    with threadpool_limits(limits=fastmlp.get_num_threads(), user_api="blas"):
-        ctx = _bench.context()
-        ctx["peak_gflops"] = peak = fastmlp.measure_peak_gflops(0.1 if args.quick else 0.5)
+    with threadpool_limits(limits=core.get_num_threads(), user_api="blas"):
+        ctx = bench.context()
+        ctx["peak_gflops"] = peak = core.measure_peak_gflops(0.1 if args.quick else 0.5)
         _print_context(ctx)
         results = []
-        for case in _bench.cases(np.random.default_rng(0)):
-            results.append(_bench.measure(case, peak, target, repeats))
+        for case in bench.cases(np.random.default_rng(0)):
+            results.append(bench.measure(case, peak, target, repeats))
             _print_result(results[-1])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(context=ctx, results=results), f, indent=1)
         print(f"wrote {args.json}")
     if args.plot:
-        _bench.plot(results, ctx, args.plot)
+        bench.plot(results, ctx, args.plot)
         print(f"wrote {args.plot}")
 
 
 def _print_context(ctx):
     print(f"fastmlp {ctx['fastmlp_version']} | {ctx['cpu']} | {ctx['isa']}, "
-          f"{_bench.threads_text(ctx['threads'])} | peak {ctx['peak_gflops']:.1f} GFLOP/s")
+          f"{bench.threads_text(ctx['threads'])} | peak {ctx['peak_gflops']:.1f} GFLOP/s")
     for b in ctx["blas"]:
         print(f"NumPy BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
               f"{b['num_threads']} threads")
@@ -301,7 +304,7 @@ def _duration(seconds):
 
 def parser():
     p = argparse.ArgumentParser(prog="fastmlp", description="Fast MLPs on multicore CPUs.")
-    p.add_argument("--version", action="version", version=f"fastmlp {fastmlp.__version__}")
+    p.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="the machine: CPU, ISAs, threads, peaks, BLAS")
@@ -320,7 +323,7 @@ def parser():
     train.add_argument("--hidden", type=_parse_hidden, default=[256],
                        help="hidden layer sizes, e.g. 256 or 256,128 (default 256)")
     train.add_argument("--activation", default="relu",
-                       choices=[a for a in fastmlp.ACTIVATIONS if a != "identity"])
+                       choices=[a for a in core.ACTIVATIONS if a != "identity"])
     train.add_argument("--solver", default="adam", choices=SOLVERS)
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decay "
                        "(--solver adamw; default 0.01)")
@@ -336,12 +339,12 @@ def parser():
     train.add_argument("--quiet", action="store_true", help="print the summary only")
     train.set_defaults(run=cmd_train)
 
-    bench = sub.add_parser("bench", help="every kernel and a training step against NumPy")
-    bench.add_argument("--quick", action="store_true", help="short timings (noisier)")
-    bench.add_argument("--threads", type=_positive, help="fastmlp threads (default: physical cores)")
-    bench.add_argument("--json", metavar="FILE", help="write results and context as JSON")
-    bench.add_argument("--plot", metavar="FILE.png", help="bar chart of speedups (matplotlib)")
-    bench.set_defaults(run=cmd_bench)
+    bench_cmd = sub.add_parser("bench", help="every kernel and a training step against NumPy")
+    bench_cmd.add_argument("--quick", action="store_true", help="short timings (noisier)")
+    bench_cmd.add_argument("--threads", type=_positive, help="fastmlp threads (default: physical cores)")
+    bench_cmd.add_argument("--json", metavar="FILE", help="write results and context as JSON")
+    bench_cmd.add_argument("--plot", metavar="FILE.png", help="bar chart of speedups (matplotlib)")
+    bench_cmd.set_defaults(run=cmd_bench)
     return p
 
 

@@ -1,21 +1,20 @@
 """fastmlp.profile: exact call counts and FLOPs, for direct kernel calls and a training step.
 
-The expected numbers are written out from the formulas in fastmlp/profiler.py's docstring and
-from the kernel sequence of TrainStep._step (fastmlp/_train.pxi): per layer a forward GEMM with
-the bias (and hidden activation) fused, then backward from the last layer: dW = A^T D, db, the
-input gradient (D W^T) * act' fused for every layer but the first, and an optimizer update of W
-and of b.
+The expected numbers are written out from the formulas in fastmlp/tools/profiler.py's docstring
+and from the kernel sequence of TrainStep's phases (fastmlp/core/_train_step.pxi): per layer a
+forward GEMM with the bias (and hidden activation) fused, then backward from the last layer:
+dW = A^T D, db, the input gradient (D W^T) * act' fused for every layer but the first; then one
+optimizer update over the flat parameter buffer, or two with an L2 penalty (the weights, then the
+biases).
 """
 import numpy as np
 import pytest
 
 import fastmlp
 
+from conftest import randn
+
 PEAK = 100.0    # a fixed peak: these tests check counts, not speed, and skip the measurement
-
-
-def f32(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
 
 
 def by_key(prof):
@@ -26,10 +25,10 @@ def by_key(prof):
 
 def test_direct_calls_counted_exactly():
     rng = np.random.default_rng(0)
-    a, w = f32(rng, 64, 784), f32(rng, 784, 32)
-    h, w2, b2 = f32(rng, 64, 32), f32(rng, 32, 10), f32(rng, 10)
-    dz = f32(rng, 64, 10)
-    p, g, m, v = f32(rng, 320), f32(rng, 320), np.zeros(320, np.float32), np.zeros(320, np.float32)
+    a, w = randn(rng, 64, 784), randn(rng, 784, 32)
+    h, w2, b2 = randn(rng, 64, 32), randn(rng, 32, 10), randn(rng, 10)
+    dz = randn(rng, 64, 10)
+    p, g, m, v = randn(rng, 320), randn(rng, 320), np.zeros(320, np.float32), np.zeros(320, np.float32)
     with fastmlp.profile(peak_gflops=PEAK) as prof:
         fastmlp.matmul(a, w)
         fastmlp.matmul(a, w)
@@ -58,11 +57,16 @@ def test_direct_calls_counted_exactly():
         assert r["percent_of_peak"] == pytest.approx(100 * r["gflops"] / PEAK)
 
 
-def expected_train_step(n_in, n_hidden, n_out, batch):
-    """{(kernel, act, grad_act, flags, m, n, k): (calls, flops)} of one Adam TrainStep of a n_in-n_hidden-n_out
-    ReLU net with softmax cross-entropy."""
+def expected_train_step(n_in, n_hidden, n_out, batch, l2):
+    """{(kernel, act, grad_act, flags, m, n, k): (calls, flops)} of one Adam TrainStep of a
+    n_in-n_hidden-n_out ReLU net with softmax cross-entropy, with an L2 penalty or not."""
     M = batch
-    return {
+    n_weights, n_biases = n_in * n_hidden + n_hidden * n_out, n_hidden + n_out
+    updates = ({("adam_update", None, None, (), 0, n_weights, 0): (1, 14 * n_weights),
+                ("adam_update", None, None, (), 0, n_biases, 0): (1, 14 * n_biases)} if l2 else
+               {("adam_update", None, None, (), 0, n_weights + n_biases, 0):
+                (1, 14 * (n_weights + n_biases))})
+    return updates | {
         # forward
         ("matmul", "relu", None, ("bias",), M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
         ("matmul", None, None, ("bias",), M, n_out, n_hidden): (1, 2 * M * n_out * n_hidden),
@@ -71,18 +75,14 @@ def expected_train_step(n_in, n_hidden, n_out, batch):
         ("matmul", None, None, ("trans_a",), n_hidden, n_out, M): (1, 2 * n_hidden * n_out * M),
         ("bias_grad", None, None, (), M, n_out, 0): (1, M * n_out),
         ("matmul", None, "relu", ("trans_b",), M, n_hidden, n_out): (1, 2 * M * n_hidden * n_out),
-        ("adam_update", None, None, (), 0, n_hidden * n_out, 0): (1, 14 * n_hidden * n_out),
-        ("adam_update", None, None, (), 0, n_out, 0): (1, 14 * n_out),
         # backward, first layer: no input gradient
         ("matmul", None, None, ("trans_a",), n_in, n_hidden, M): (1, 2 * n_in * n_hidden * M),
         ("bias_grad", None, None, (), M, n_hidden, 0): (1, M * n_hidden),
-        ("adam_update", None, None, (), 0, n_in * n_hidden, 0): (1, 14 * n_in * n_hidden),
-        ("adam_update", None, None, (), 0, n_hidden, 0): (1, 14 * n_hidden),
     }
 
 
-def check_train_step(prof):
-    expected = expected_train_step(784, 32, 10, 64)
+def check_train_step(prof, l2):
+    expected = expected_train_step(784, 32, 10, 64, l2)
     got = {key: (r["calls"], r["flops"]) for key, r in by_key(prof).items()}
     assert got == expected
     gemms = [r for r in prof.records if r["kernel"] == "matmul"]
@@ -97,13 +97,14 @@ def mnist_like_batch(rng):
 
 def test_train_step_counts_exact():
     rng = np.random.default_rng(1)
-    params = [f32(rng, 784, 32) * 0.05, np.zeros(32, np.float32),
-              f32(rng, 32, 10) * 0.1, np.zeros(10, np.float32)]
-    step = fastmlp.TrainStep(params, ["relu"], "softmax", 64)
+    params = fastmlp.core.flat_params([randn(rng, 784, 32) * 0.05, np.zeros(32, np.float32),
+                                       randn(rng, 32, 10) * 0.1, np.zeros(10, np.float32)])
     X, y = mnist_like_batch(rng)
-    with fastmlp.profile(peak_gflops=PEAK) as prof:
-        step.run(X, y, lr=1e-3)
-    check_train_step(prof)
+    for alpha in (0.0, 1e-4):
+        step = fastmlp.TrainStep(params, ["relu"], "softmax_cross_entropy", 64, alpha=alpha)
+        with fastmlp.profile(peak_gflops=PEAK) as prof:
+            step.run(X, y, lr=1e-3)
+        check_train_step(prof, l2=alpha > 0)
 
 
 def test_estimator_partial_fit_batch_counts_exact():
@@ -113,12 +114,12 @@ def test_estimator_partial_fit_batch_counts_exact():
     clf = fastmlp.MLPClassifier((32,), batch_size=64, random_state=0)
     with fastmlp.profile(peak_gflops=PEAK) as prof:
         clf.partial_fit(X, y, classes=np.arange(10))
-    check_train_step(prof)
+    check_train_step(prof, l2=clf.alpha > 0)
 
 
 def test_off_records_nothing():
     rng = np.random.default_rng(3)
-    a = f32(rng, 8, 8)
+    a = randn(rng, 8, 8)
     fastmlp.matmul(a, a)                    # outside any profile
     with fastmlp.profile(peak_gflops=PEAK) as prof:
         pass
@@ -145,7 +146,7 @@ def test_profiles_do_not_nest():
 
 def test_table_and_to_dict_hold_the_rows():
     rng = np.random.default_rng(4)
-    z, dz = f32(rng, 16, 8), f32(rng, 16, 8)
+    z, dz = randn(rng, 16, 8), randn(rng, 16, 8)
     with fastmlp.profile(peak_gflops=PEAK) as prof:
         fastmlp.bias_activation(z, None, "tanh")
         fastmlp.bias_grad(dz)

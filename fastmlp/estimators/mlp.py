@@ -11,7 +11,7 @@ float32 C-contiguous arrays before training and prediction; predictions are floa
 Weights are initialised as scikit-learn does (uniform Glorot variant, ``init="sklearn"`` of
 ``fastmlp.model.init_params``), so a drop-in replacement starts from the same distribution; given
 the same initial weights and batches, the weights and loss curve match scikit-learn's to float32
-rounding (tests/test_sklearn_trajectory.py).
+rounding (tests/estimators/test_sklearn_trajectory.py).
 
 scikit-learn is required by this module (``pip install "fastmlp[sklearn]"``); the kernels and
 the model API work without it.
@@ -37,8 +37,10 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
     raise ImportError("fastmlp.MLPClassifier and MLPRegressor need scikit-learn >= 1.6: "
                       "pip install 'fastmlp[sklearn]' (or pip install scikit-learn)") from e
 
-from . import _kernels, optim
-from .model import init_params
+from .. import io
+from ..core import ACTIVATIONS, TrainStep, flat_buffer, flat_params, matmul, set_num_threads
+from ..core._native import _swap_num_threads
+from ..model import init_params, optim
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -54,15 +56,15 @@ class _NumThreads:
 
     def __enter__(self):
         if self.n is not None:
-            self.old = _kernels._swap_num_threads(self.n)
+            self.old = _swap_num_threads(self.n)
 
     def __exit__(self, *exc):
         if self.n is not None:
-            _kernels.set_num_threads(self.old)
+            set_num_threads(self.old)
 
 
 class _BaseMLP(BaseEstimator):
-    _loss = None   # "softmax" / "sigmoid" / "mse", chosen per fit by the subclass
+    _loss = None   # TrainStep's loss (fastmlp.core.LOSSES), chosen per fit by the subclass
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -112,8 +114,8 @@ class _BaseMLP(BaseEstimator):
             bad("hidden_layer_sizes", "a positive int or a sequence of positive ints")
         acts = [self.activation] * len(sizes) if isinstance(self.activation, str) \
             else list(self.activation)
-        if len(acts) != len(sizes) or not all(a in _kernels.ACTIVATIONS for a in acts):
-            bad("activation", f"one of {_kernels.ACTIVATIONS} or a list of them, one per hidden "
+        if len(acts) != len(sizes) or not all(a in ACTIVATIONS for a in acts):
+            bad("activation", f"one of {ACTIVATIONS} or a list of them, one per hidden "
                 "layer")
         if self.solver not in SOLVERS:
             bad("solver", f"one of {tuple(SOLVERS)}")
@@ -190,8 +192,8 @@ class _BaseMLP(BaseEstimator):
             X_val = self._validate_X(X_val, reset=False)
             y_val = np.asarray(y_val)
         elif self.early_stopping:
-            stratify = y if self._loss == "softmax" or (self._loss == "sigmoid"
-                                                         and y.ndim == 1) else None
+            stratify = y if self._loss == "softmax_cross_entropy" or (
+                self._loss == "sigmoid_cross_entropy" and y.ndim == 1) else None
             split = train_test_split(np.arange(len(X)), random_state=seed,
                                      test_size=self.validation_fraction, stratify=stratify)
             tr, va = split
@@ -217,13 +219,14 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _initialize(self, layer_units, acts, rng):
-        params = init_params(layer_units, acts + ["identity"], "sklearn", rng)
+        params = flat_params(init_params(layer_units, acts + ["identity"], "sklearn", rng))
         self.coefs_, self.intercepts_ = params[0::2], params[1::2]
         self.n_iter_, self.t_ = 0, 0
         self.n_layers_ = len(layer_units)
         self.n_outputs_ = layer_units[-1]
-        self.out_activation_ = {"softmax": "softmax", "sigmoid": "logistic",
-                                "mse": "identity"}[self._loss]
+        self.out_activation_ = {"softmax_cross_entropy": "softmax",
+                                "sigmoid_cross_entropy": "logistic",
+                                "mse_loss": "identity"}[self._loss]
         self.loss_curve_ = []
         self._no_improvement_count = 0
         self.validation_scores_ = [] if self.early_stopping else None
@@ -235,15 +238,17 @@ class _BaseMLP(BaseEstimator):
     def _train_step(self, acts, drop, batch, seed, incremental):
         """The TrainStep over coefs_ / intercepts_: kept by partial_fit (optimizer state
         included), rebuilt by fit (scikit-learn resets the optimizer on every fit)."""
-        # The TrainStep updates these arrays in place: they must be writable float32 C arrays.
-        self.coefs_ = [np.require(c, np.float32, "CW") for c in self.coefs_]
-        self.intercepts_ = [np.require(b, np.float32, "CW") for b in self.intercepts_]
+        # The TrainStep updates these arrays in place, as views of one flat buffer: arrays that
+        # are not (unpickled, assigned by the user) are gathered into one again, values kept.
         params = [p for pair in zip(self.coefs_, self.intercepts_) for p in pair]
+        if flat_buffer(params) is None:
+            params = flat_params(params)
+            self.coefs_, self.intercepts_ = params[0::2], params[1::2]
         old = getattr(self, "_step", None)
         if incremental and old is not None and old.max_batch >= batch and all(
                 a is b for a, b in zip(old.params, params)):
             return old
-        step = _kernels.TrainStep(
+        step = TrainStep(
             params, acts, self._loss, batch, optimizer=SOLVERS[self.solver],
             momentum=self.momentum, nesterov=self.nesterovs_momentum, beta1=self.beta_1,
             beta2=self.beta_2, rho=self.rho, eps=self.epsilon,
@@ -393,17 +398,79 @@ class _BaseMLP(BaseEstimator):
                 last = l == len(self.coefs_) - 1
                 act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
                     else acts[l]
-                a = _kernels.matmul(a, W, bias=b, activation=act)
+                a = matmul(a, W, bias=b, activation=act)
         if self.out_activation_ == "softmax":
             a -= a.max(axis=1, keepdims=True)
             np.exp(a, out=a)
             a /= a.sum(axis=1, keepdims=True)
         return a
 
+    # ---- model files (fastmlp.io) -----------------------------------------------------------
+
+    # Fitted attributes a file keeps: name -> allowed JSON types
+    _FILE_ATTRS = {"n_iter_": (int,), "t_": (int,), "loss_": (float, int), "loss_curve_": (list,),
+                   "best_loss_": (float, int, type(None)),
+                   "validation_scores_": (list, type(None)),
+                   "best_validation_score_": (float, int, type(None)), "n_features_in_": (int,),
+                   "n_outputs_": (int,), "n_layers_": (int,)}
+
     def save(self, path):
         """Write the fitted estimator to a .safetensors file (fastmlp.load reads it back)."""
-        from .io import save_model
-        save_model(self, path)
+        if not hasattr(self, "coefs_"):
+            raise TypeError(f"save needs a fastmlp.MLP or a fitted fastmlp estimator, got an "
+                            f"unfitted {type(self).__name__}")
+        acts = self.activation if not isinstance(self.activation, str) \
+            else [self.activation] * (len(self.coefs_) - 1)
+        hyper = {}
+        for name, value in self.get_params(deep=False).items():
+            if name == "callback":
+                continue     # code, not data
+            try:
+                hyper[name] = io.json_value(value)
+            except TypeError:
+                pass         # callbacks, RandomState objects, schedule objects: not data
+        attrs = {k: io.json_value(getattr(self, k)) for k in self._FILE_ATTRS if hasattr(self, k)}
+        io.write_model(path, self._FILE_KIND, self.coefs_, self.intercepts_, acts,
+                       self.out_activation_,
+                       dict(hyperparameters=hyper, attributes=attrs, **self._file_extra()))
+
+    def _file_extra(self):
+        """What this kind adds to a file's metadata."""
+        return {}
+
+    @classmethod
+    def _from_file(cls, f):
+        """The estimator a checked io.ModelFile holds."""
+        hyper, attrs = f.doc.get("hyperparameters"), f.doc.get("attributes")
+        f.expect(isinstance(hyper, dict) and isinstance(attrs, dict),
+                 "hyperparameters and attributes must be JSON objects")
+        valid = cls().get_params(deep=False)
+        for name, value in hyper.items():
+            f.expect(name in valid and name != "callback", f"unknown hyperparameter {name!r}")
+            f.expect(isinstance(value, (bool, int, float, str, list, type(None))),
+                     f"hyperparameter {name!r} has a non-data value")
+        if isinstance(hyper.get("hidden_layer_sizes"), list):
+            hyper["hidden_layer_sizes"] = tuple(hyper["hidden_layer_sizes"])  # JSON has no tuples
+        est = cls(**hyper)
+        try:
+            est._check_params()
+        except ValueError as e:
+            f.fail(f"invalid hyperparameters: {e}")
+        sizes = f.layer_sizes
+        f.expect(list(np.atleast_1d(est.hidden_layer_sizes)) == sizes[1:-1],
+                 "hidden_layer_sizes does not match layer_sizes")
+        for name, value in attrs.items():
+            f.expect(name in cls._FILE_ATTRS and isinstance(value, cls._FILE_ATTRS[name]),
+                     f"bad attribute {name!r}: {value!r}")
+            setattr(est, name, value)
+        f.expect(attrs.get("n_features_in_") == sizes[0] and attrs.get("n_outputs_") == sizes[-1],
+                 "n_features_in_ / n_outputs_ do not match layer_sizes")
+        est.coefs_, est.intercepts_, est.out_activation_ = f.coefs, f.intercepts, f.out_activation
+        est._read_extra(f)
+        return est
+
+    def _read_extra(self, f):
+        """Check and set what this kind added to the file (_file_extra)."""
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -413,6 +480,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     multi-class targets a softmax output with cross-entropy. class_weight: None, "balanced" or
     {class: weight}, multiplied into sample_weight. See the module docstring for the rest.
     """
+
+    _FILE_KIND = "MLPClassifier"     # what a saved file says it holds (subclasses too)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -455,7 +524,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
                                  f"{self.classes_}. 'y' has {classes}.")
-        self._loss = "softmax" if self._label_binarizer.y_type_ == "multiclass" else "sigmoid"
+        self._loss = ("softmax_cross_entropy" if self._label_binarizer.y_type_ == "multiclass"
+                      else "sigmoid_cross_entropy")
         return X, y
 
     def _class_weights(self, y, sample_weight):
@@ -466,12 +536,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _encode(self, y):
         onehot = self._label_binarizer.transform(y)
-        if self._loss == "softmax":
+        if self._loss == "softmax_cross_entropy":
             return np.ascontiguousarray(onehot.argmax(axis=1), dtype=np.int32)
         return np.ascontiguousarray(onehot, dtype=np.float32)
 
     def _n_outputs(self, targets):
-        return len(self.classes_) if self._loss == "softmax" else targets.shape[1]
+        return len(self.classes_) if self._loss == "softmax_cross_entropy" else targets.shape[1]
 
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), keeping the weights and the optimizer state between calls.
@@ -520,6 +590,41 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         tags.classifier_tags.multi_label = True
         return tags
 
+    _CLASS_DTYPES = {"bool": np.bool_, "int": np.int64, "float": np.float64, "str": np.str_}
+    _LB_TYPES = ("binary", "multiclass", "multilabel-indicator")
+
+    def _file_extra(self):
+        classes = self.classes_
+        ckind = next((k for k, t in [("bool", np.bool_), ("int", np.integer),
+                                     ("float", np.floating), ("str", np.str_)]
+                      if np.issubdtype(classes.dtype, t)), None)
+        if ckind is None:
+            raise TypeError(f"cannot save classes of dtype {classes.dtype} (only bool, int, "
+                            "float and str labels)")
+        return {"classes": {"dtype": ckind, "values": [io.json_value(c.item()) for c in classes],
+                            "y_type": self._label_binarizer.y_type_}}
+
+    def _read_extra(self, f):
+        c = f.doc.get("classes")
+        f.expect(isinstance(c, dict) and c.get("dtype") in self._CLASS_DTYPES
+                 and isinstance(c.get("values"), list) and c.get("y_type") in self._LB_TYPES,
+                 f"bad classes {c!r}")
+        pytype = {"int": int, "float": (int, float), "str": str, "bool": bool}[c["dtype"]]
+        f.expect(all(isinstance(v, pytype) for v in c["values"]),
+                 f"class values do not match their dtype {c['dtype']!r}")
+        classes = np.array(c["values"], dtype=self._CLASS_DTYPES[c["dtype"]])
+        n_out = len(classes) if c["y_type"] != "binary" else 1
+        out_act = f.out_activation
+        f.expect(len(classes) >= 1 and n_out == f.layer_sizes[-1] and
+                 out_act == ("softmax" if c["y_type"] == "multiclass" else "logistic"),
+                 f"{len(classes)} classes of type {c['y_type']} do not match "
+                 f"{f.layer_sizes[-1]} outputs with {out_act}")
+        lb = LabelBinarizer()
+        lb.classes_, lb.y_type_, lb.sparse_input_ = classes, c["y_type"], False
+        self._label_binarizer, self.classes_ = lb, classes
+        self._loss = ("softmax_cross_entropy" if c["y_type"] == "multiclass"
+                      else "sigmoid_cross_entropy")
+
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor (scikit-learn's MLPRegressor API, fastmlp kernels):
@@ -531,7 +636,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     of the one scikit-learn steps with (it divides by the batch only): at the same learning rate
     multi-output training takes smaller steps than scikit-learn's. Single-output is identical."""
 
-    _loss = "mse"
+    _FILE_KIND = "MLPRegressor"
+    _loss = "mse_loss"
 
     def _validate_input(self, X, y, incremental, reset):
         return validate_data(self, X, y, reset=reset, dtype=np.float32, order="C",
@@ -544,6 +650,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+    def _read_extra(self, f):
+        f.expect(f.out_activation == "identity",
+                 f"a regressor's output must be identity, got {f.out_activation!r}")
 
     def _encode(self, y):
         return np.ascontiguousarray(y.reshape(len(y), -1), dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Thread-count policy and import-time configuration from the environment.
+"""The machine the core runs on: thread-count policy, import-time configuration from the
+environment, and info().
 
 Default threads = physical cores (not logical: two threads on one core's hyperthreads slow a
 compute-bound kernel down), lowered by OMP_NUM_THREADS or threadpoolctl.threadpool_limits, which
@@ -7,6 +8,11 @@ core count: the user asked for it.
 """
 import os
 import platform
+
+from threadpoolctl import threadpool_info
+
+from .._version import __version__
+from . import _native
 
 
 def physical_cores():
@@ -29,8 +35,9 @@ def physical_cores():
     return len(cores) or 1
 
 
-def configure(kernels):
-    """Apply FASTMLP_ISA, FASTMLP_GEMM_{KC,MC,NC} and the thread cap. Called once at import."""
+def configure(kernels=_native):
+    """Apply FASTMLP_ISA, FASTMLP_GEMM_{KC,MC,NC} and the thread cap. Called once, when
+    fastmlp.core is imported."""
     isa = os.environ.get("FASTMLP_ISA", "").strip().lower()
     supported = kernels.supported_isas()
     if isa:
@@ -69,3 +76,48 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_id():
+    """Vendor, family and model as lscpu prints them ("AuthenticAMD family 25 model 1": Zen 3),
+    from /proc/cpuinfo; None elsewhere. The model name alone does not tell Zen 3, 4 and 5 apart."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return None
+    if len(fields) < 3:
+        return None
+    return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
+
+
+def openmp_runtime():
+    """The OpenMP runtime threadpoolctl finds in the process (library, version, internal_api),
+    or None."""
+    found = [dict(library=os.path.basename(i["filepath"]), version=i.get("version"),
+                  internal_api=i.get("internal_api"))
+             for i in threadpool_info() if i.get("user_api") == "openmp"]
+    return found[0] if found else None
+
+
+def info():
+    """What fastmlp runs with: version, ISA in use and supported, threads, CPU model and id
+    (vendor, family, model), OpenMP runtime, GEMM block sizes."""
+    return {
+        "version": __version__,
+        "isa": _native.get_isa(),
+        "supported_isas": list(_native.supported_isas()),
+        "num_threads": _native.get_num_threads(),
+        "physical_cores": physical_cores(),
+        "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
+        "openmp": openmp_runtime(),
+        "gemm_blocks": _native.gemm_blocks(),
+    }

@@ -40,26 +40,11 @@ from fastmlp.testing import (
     gemm_error_bound,
 )
 
-ACTS = ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
-BACKWARD_ACTS = ACTS
+from conftest import bitwise_across_threads, f32, f64
+
+ACTS = fastmlp.ACTIVATIONS
 SLOPE = 0.05
 SHAPES = [(1, 1), (3, 17), (37, 53), (64, 33), (5, 4)]
-
-
-def f32(x):
-    return np.asarray(x, dtype=np.float32)
-
-
-def f64(x):
-    return np.asarray(x, dtype=np.float64)
-
-
-def with_threads(n, fn):
-    fastmlp.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        fastmlp.set_num_threads(None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +146,7 @@ def _backward_inputs(rng, act, shape):
     return z, y
 
 
-@pytest.mark.parametrize("act", BACKWARD_ACTS)
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_activation_backward(isa, rng, act, shape):
     z, y = _backward_inputs(rng, act, shape)
@@ -233,7 +218,7 @@ def test_fused_forward_equals_unfused(isa, act, ta, tb):
                                                            negative_slope=SLOPE))
 
 
-@pytest.mark.parametrize("act", BACKWARD_ACTS)
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_fused_backward_equals_unfused(isa, act, ta, tb):
     rng = np.random.default_rng(22)
@@ -588,14 +573,6 @@ def test_sgd_without_momentum_ignores_velocity(isa, rng):
 # --------------------------------------------------------------------------------------------
 
 
-def _bitwise_across_threads(fn):
-    results = {nt: with_threads(nt, fn) for nt in (1, 2, 3)}
-    for nt in (2, 3):
-        for i, (x, y) in enumerate(zip(results[nt], results[1])):
-            assert_bitwise_equal(np.asarray(x), np.asarray(y), name=f"{nt} threads, output {i}")
-    return results[1]
-
-
 def test_threads_losses_and_bias_grad(isa):
     rng = np.random.default_rng(99)
     m, n = 3000, 50  # 150K elements: several threads
@@ -603,15 +580,15 @@ def test_threads_losses_and_bias_grad(isa):
     labels = rng.integers(0, n, m)
     t = f32(rng.uniform(0, 1, (m, n)))
     w = f32(rng.uniform(0.5, 2, m))
-    loss, _ = _bitwise_across_threads(lambda: fastmlp.softmax_cross_entropy(z, labels, w))
+    loss, _ = bitwise_across_threads(lambda: fastmlp.softmax_cross_entropy(z, labels, w))
     assert_close(loss, softmax_xent64(z, labels, w)[0], rtol=1e-6)
-    _bitwise_across_threads(lambda: fastmlp.sigmoid_cross_entropy(z, t, w))
-    _bitwise_across_threads(lambda: fastmlp.mse_loss(z, t, w))
-    (db,) = _bitwise_across_threads(lambda: (fastmlp.bias_grad(z),))
+    bitwise_across_threads(lambda: fastmlp.sigmoid_cross_entropy(z, t, w))
+    bitwise_across_threads(lambda: fastmlp.mse_loss(z, t, w))
+    (db,) = bitwise_across_threads(lambda: (fastmlp.bias_grad(z),))
     assert_close(db, f64(z).sum(axis=0),
                  bound=gemm_error_bound(z, np.ones((m, 1)), m, trans_a=True).ravel())
-    _bitwise_across_threads(lambda: (fastmlp.bias_activation(z, w[:n], "gelu"),))
-    _bitwise_across_threads(lambda: (fastmlp.activation_backward(z, "tanh", y=t),))
+    bitwise_across_threads(lambda: (fastmlp.bias_activation(z, w[:n], "gelu"),))
+    bitwise_across_threads(lambda: (fastmlp.activation_backward(z, "tanh", y=t),))
 
 
 @pytest.mark.parametrize("name", ["nesterov_l2", "rmsprop_l2", "adamw"])
@@ -630,4 +607,4 @@ def test_threads_optimizers(isa, name):
             _run_optimizer(fastmlp, kind, kw, p, states, g, step)
         return [p] + states
 
-    _bitwise_across_threads(run)
+    bitwise_across_threads(run)

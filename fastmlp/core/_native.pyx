@@ -12,7 +12,7 @@ c) Arrays the kernels write (out=, optimizer parameters and state) must be C-con
    float32 of the exact shape: writing into a temporary copy would silently lose the result.
 d) Every error names the argument and what was expected. The C kernels trust these checks, and
    still refuse out-of-range labels themselves (rule 7 of fastmlp.h).
-e) Thread count: resolved per call by _threads() (see fastmlp/_threads.py for the policy) and
+e) Thread count: resolved per call by _threads() (see fastmlp/core/machine.py for the policy) and
    passed explicitly to the kernel.
 """
 import numpy as np
@@ -22,51 +22,24 @@ from libc.stdint cimport int32_t, uintptr_t
 
 cnp.import_array()
 
-cdef extern from "fastmlp.h" nogil:
-    int FM_OK, FM_EINVAL, FM_ENOMEM
-    ctypedef struct fm_epilogue:
-        const float *bias
-        int act
-        int grad_act
-        float slope
-        const float *y
-        ptrdiff_t ldy
-        const float *z
-        ptrdiff_t ldz
-    int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
-                 const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
-                 float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
-    size_t fm_matmul_work_size(int nthreads)
-    void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
-                             float slope, float *Y, int nthreads)
-    void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y, const float *Z,
-                         int act, float slope, float *dZ, int nthreads)
-    void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
-    int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
-                        const float *w, float *dZ, double *loss, int nthreads)
-    int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
-                        float *dZ, double *loss, int nthreads)
-    int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
-               float *dP, double *loss, int nthreads)
-    void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2, double momentum,
-                int nesterov, float *vel, int nthreads)
-    void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr, double rho,
-                    double eps, double l2, int nthreads)
-    void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step, double lr,
-                 double b1, double b2, double eps, double l2, double wd, int nthreads)
-    int fm_cpu_supports(int isa)
-    int fm_set_isa(int isa)
-    int fm_get_isa()
-    const char *fm_isa_name(int isa)
-    void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
-    int fm_set_blocks(int isa, int kc, int mc, int nc)
-    double fm_measure_peak_gflops(double seconds, int nthreads)
+from fastmlp.core.contract cimport *
 
 cdef extern from "omp.h" nogil:
     int omp_get_max_threads()
 
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
-ISAS = ("generic", "avx2", "avx512")
+# ---- names: every tuple below is read from the C side, in the order of its enum ----------------
+
+
+cdef tuple _names(const char *(*name)(int) noexcept nogil, int count):
+    return tuple(name(i).decode() for i in range(count))
+
+
+ACTIVATIONS = _names(fm_activation_name, FM_ACT_COUNT)   # index = FM_ACT_* value
+ISAS = _names(fm_isa_name, FM_ISA_COUNT)                  # index = FM_ISA_*
+GEMM_PATHS = _names(fm_path_name, FM_PATH_COUNT)          # index = FM_PATH_*
+KERNELS = _names(fm_kernel_name, FM_K_COUNT)              # index = FM_K_*: the Python names
+if "unknown" in ACTIVATIONS + ISAS + GEMM_PATHS + KERNELS:
+    raise ImportError("fastmlp's compiled core has an enum value without a name (csrc/dispatch.c)")
 
 # ---- threads -------------------------------------------------------------------------------------
 
@@ -216,8 +189,9 @@ cdef cnp.ndarray _output(object out, str name, tuple shape):
 
 
 cdef int _act_code(object name, str arg) except -1:
+    """The FM_ACT_* value of an activation name (None: identity)."""
     if name is None:
-        return 0
+        return FM_ACT_IDENTITY
     try:
         return ACTIVATIONS.index(name)
     except ValueError:
@@ -236,9 +210,6 @@ cdef cnp.ndarray _weights(object sample_weight, Py_ssize_t m):
     return _input_shaped(sample_weight, "sample_weight", (m,))
 
 
-cdef object _flat(object x):
-    """A 1-D view of a C-contiguous array (for kernels that see a matrix as rows of floats)."""
-    return x.reshape(-1)
 
 # ---- GEMM ------------------------------------------------------------------------------------------
 
@@ -323,7 +294,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
     ep.act = _act_code(activation, "activation")
     ep.grad_act = _act_code(grad_activation, "grad_activation")
     ep.slope = negative_slope
-    if ep.grad_act and (ep.act or bias is not None):
+    if ep.grad_act != FM_ACT_IDENTITY and (ep.act != FM_ACT_IDENTITY or bias is not None):
         raise ValueError("matmul: grad_activation cannot be combined with activation or bias")
     if beta != 0 and out is None:
         raise ValueError("matmul: beta != 0 needs out (its initial contents are scaled by beta)")
@@ -333,12 +304,12 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
     if bias is not None:
         bias = _input_shaped(bias, "bias", (N,))
         ep.bias = _ptr(bias)
-    if ep.grad_act == 5:
+    if ep.grad_act == FM_ACT_GELU:
         if z is None:
             raise ValueError("matmul: grad_activation='gelu' needs z, the activation's input")
         z = _input_shaped(z, "z", (M, N))
         ep.z = _ptr(z)
-    elif ep.grad_act:
+    elif ep.grad_act != FM_ACT_IDENTITY:
         if y is None:
             raise ValueError(f"matmul: grad_activation={grad_activation!r} needs y, the "
                              "activation's output")
@@ -352,6 +323,30 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
     if status == FM_ENOMEM:
         raise MemoryError("matmul: could not allocate the packing buffers")
     return C
+
+
+def matmul_plan(a, b, *, trans_a=False, trans_b=False):
+    """How matmul(a, b, trans_a=..., trans_b=...) would run on the active ISA with the current
+    thread count, decided from the shapes, layouts and flags alone (fm_plan_matmul; no data is
+    read). Returns a dict: path (one of GEMM_PATHS: "blocked", "blocked_ct" computes C^T, "dot"
+    the narrow-N dot products), threads, split ("n" or "m": what the threads divide), pack_b,
+    kc (the length of K's equal blocks; 0 on the dot path, which does not block K), mc, nc,
+    a_floats and b_floats (scratch per thread)."""
+    cdef bint ta = trans_a, tb = trans_b
+    cdef Py_ssize_t lda, ldb
+    cdef cnp.ndarray A = _gemm_operand(a, "a", &ta, &lda)
+    cdef cnp.ndarray B = _gemm_operand(b, "b", &tb, &ldb)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(A, 1 if ta else 0), K = cnp.PyArray_DIM(A, 0 if ta else 1)
+    cdef Py_ssize_t Kb = cnp.PyArray_DIM(B, 1 if tb else 0), N = cnp.PyArray_DIM(B, 0 if tb else 1)
+    if K != Kb:
+        raise ValueError(f"matmul_plan: inner dimensions differ: op(a) is ({M}, {K}) and op(b) "
+                         f"is ({Kb}, {N})")
+    cdef fm_matmul_plan p
+    fm_plan_matmul(ta, tb, M, N, K, lda, ldb, _threads(), &p)
+    return dict(path=GEMM_PATHS[p.path], threads=p.threads, split="n" if p.split_n else "m",
+                pack_b=bool(p.pack_b), kc=p.kc, mc=p.mc, nc=p.nc, a_floats=p.a_floats,
+                b_floats=p.b_floats)
+
 
 # ---- activations ------------------------------------------------------------------------------------
 
@@ -384,12 +379,12 @@ def activation_backward(dy, activation, *, y=None, z=None, negative_slope=0.01, 
         raise ValueError("activation_backward: activation must be given")
     cdef const float *py = NULL
     cdef const float *pz = NULL
-    if act == 5:
+    if act == FM_ACT_GELU:
         if z is None:
             raise ValueError("activation_backward: 'gelu' needs z, the activation's input")
         z = _input_shaped(z, "z", (M, N))
         pz = _ptr(z)
-    elif act != 0:
+    elif act != FM_ACT_IDENTITY:
         if y is None:
             raise ValueError(f"activation_backward: {activation!r} needs y, the activation's output")
         y = _input_shaped(y, "y", (M, N))
@@ -554,4 +549,4 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
 
 
 include "_profile.pxi"
-include "_train.pxi"
+include "_train_step.pxi"

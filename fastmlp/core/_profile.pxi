@@ -1,24 +1,5 @@
-# Profiling bindings (included by _kernels.pyx): the C side keeps the table (csrc/dispatch.c);
-# fastmlp/profiler.py turns it into a report.
-
-cdef extern from "fastmlp.h" nogil:
-    ctypedef struct fm_prof_entry:
-        int kernel
-        int act
-        int grad_act
-        int path
-        int flags
-        ptrdiff_t m, n, k
-        long calls
-        double seconds, flops, bytes
-    int fm_profile_start()
-    int fm_profile_stop(fm_prof_entry *out, int capacity)
-    const char *fm_kernel_name(int kernel)
-    const char *fm_path_name(int path)
-    enum:
-        FM_ACT_IDENTITY
-        FM_PROF_TRANS_A, FM_PROF_TRANS_B, FM_PROF_BIAS, FM_PROF_MOMENTUM, FM_PROF_NESTEROV,
-        FM_PROF_WEIGHT_DECAY
+# Profiling bindings (included by _native.pyx): the C side keeps the table (csrc/dispatch.c);
+# fastmlp/tools/profiler.py turns it into a report.
 
 cdef enum:
     _PROF_CAPACITY = 1024
@@ -41,14 +22,15 @@ def _profile_stop():
     cdef fm_prof_entry buf[_PROF_CAPACITY]
     cdef int n = fm_profile_stop(buf, _PROF_CAPACITY)
     cdef int i
+    cdef fm_prof_entry *e
     rows = []
     for i in range(n):
         e = &buf[i]
         rows.append(dict(
-            kernel=fm_kernel_name(e.kernel).decode(),
+            kernel=KERNELS[e.kernel],
             act=ACTIVATIONS[e.act] if e.act != FM_ACT_IDENTITY else None,
             grad_act=ACTIVATIONS[e.grad_act] if e.grad_act != FM_ACT_IDENTITY else None,
-            path=fm_path_name(e.path).decode() if e.path >= 0 else None,
+            path=GEMM_PATHS[e.path] if e.path >= 0 else None,
             flags=tuple(name for name, bit in PROFILE_FLAGS.items() if e.flags & bit),
             m=e.m, n=e.n, k=e.k, calls=e.calls, seconds=e.seconds, flops=e.flops,
             bytes=e.bytes))

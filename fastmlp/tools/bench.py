@@ -7,13 +7,19 @@ recomputed here: each case is run once under fastmlp.profile(), whose formulas a
 definition of a kernel's work.
 """
 import os
+import platform
+import subprocess
 import time
+from importlib import metadata
 
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from . import __version__, _kernels, info, profile
-from . import reference as ref
+from .. import core
+from .._version import __version__
+from ..core import info
+from ..core import reference as ref
+from .profiler import profile
 
 # An MLP the size people train on MNIST, at the batch size of `fastmlp train`.
 LAYERS = (784, 512, 256, 10)
@@ -31,13 +37,53 @@ def blas_info():
             for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
-def context():
-    """What a report was measured with: fastmlp version, ISA, threads, CPU, OpenMP, BLAS."""
+def versions():
+    """Python's and the versions of the libraries a benchmark compares with (None: absent)."""
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "scikit-learn", "torch", "jax"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(repo):
+    """The commit checked out in repo, with "-dirty" if tracked files differ from it; None
+    when repo is None or not a git checkout."""
+    if repo is None:
+        return None
+    try:
+        head = subprocess.run(["git", "-C", os.fspath(repo), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", os.fspath(repo), "diff", "--quiet", "HEAD"],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def source_checkout():
+    """The git checkout fastmlp is imported from (an editable install), else None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # .../fastmlp
+    root = os.path.dirname(root)
+    return root if os.path.exists(os.path.join(root, ".git")) else None
+
+
+def context(repo=None):
+    """What a report was measured with, one schema for every benchmark (fastmlp bench and
+    benchmarks/*.py): fastmlp's version and path, the git commit of repo (default: the
+    checkout fastmlp is imported from, if any), ISA, threads, CPU (name and family / model),
+    OpenMP, GEMM blocks, NumPy's BLAS (blas_info), OPENBLAS_CORETYPE, the versions of Python,
+    NumPy, scikit-learn, PyTorch and JAX, and the load average."""
     machine = info()
-    return dict(fastmlp_version=__version__, isa=machine["isa"],
-                supported_isas=machine["supported_isas"], threads=machine["num_threads"],
-                cpu=machine["cpu"], openmp=machine["openmp"], blas=blas_info(),
-                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
+    return dict(fastmlp_version=__version__, fastmlp_path=os.path.dirname(os.path.dirname(core.__file__)),
+                git_commit=git_commit(repo if repo is not None else source_checkout()),
+                isa=machine["isa"], supported_isas=machine["supported_isas"],
+                threads=machine["num_threads"], cpu=machine["cpu"], cpu_id=machine["cpu_id"],
+                openmp=machine["openmp"], gemm_blocks=machine["gemm_blocks"], blas=blas_info(),
+                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"), versions=versions(),
+                load_average=list(os.getloadavg()))
 
 
 def coretype_warning():
@@ -86,8 +132,8 @@ def memory_bandwidth_gbps(mib=256, repeats=3):
     another (4 bytes read + 4 written per element), best of `repeats`."""
     z = np.ones(mib * (1 << 20) // 4, np.float32).reshape(-1, 1 << 16)
     y = np.empty_like(z)
-    _kernels.bias_activation(z, activation="identity", out=y)   # fault the pages in
-    best = min(_seconds_per_call(lambda: _kernels.bias_activation(z, activation="identity",
+    core.bias_activation(z, activation="identity", out=y)   # fault the pages in
+    best = min(_seconds_per_call(lambda: core.bias_activation(z, activation="identity",
                                                                   out=y), 1)
                for _ in range(repeats))
     return 8 * z.size / best * 1e-9
@@ -118,16 +164,16 @@ def _matmul_cases(rng):
         act = "relu" if l < n_layers - 1 else None
         fwd = dict(bias=b, activation=act)
         cases.append(Case(f"matmul fwd {BATCH}x{n_in}x{n_out} +bias{'+relu' if act else ''}",
-                          "matmul", _bind(_kernels.matmul, x, w, **fwd),
+                          "matmul", _bind(core.matmul, x, w, **fwd),
                           _bind(ref.matmul, x, w, **fwd), _blas(x, w)))
         cases.append(Case(f"matmul dW {n_in}x{n_out} (K={BATCH})", "matmul",
-                          _bind(_kernels.matmul, x, d, trans_a=True),
+                          _bind(core.matmul, x, d, trans_a=True),
                           _bind(ref.matmul, x, d, trans_a=True), _blas(x.T, d)))
         if l > 0:
             y = np.maximum(rng.standard_normal((BATCH, n_in), np.float32), 0)
             bwd = dict(trans_b=True, grad_activation="relu", y=y)
             cases.append(Case(f"matmul dX {BATCH}x{n_out}->{n_in} *relu'", "matmul",
-                              _bind(_kernels.matmul, d, w, **bwd), _bind(ref.matmul, d, w, **bwd),
+                              _bind(core.matmul, d, w, **bwd), _bind(ref.matmul, d, w, **bwd),
                               _blas(d, w.T)))
     return cases
 
@@ -153,24 +199,24 @@ def _elementwise_cases(rng):
     targets = (rng.random((m, classes)) < 0.5).astype(np.float32)
     cases = [
         Case(f"bias_activation relu {m}x{n}", "elementwise",
-             *(_bind(k.bias_activation, z, b, "relu") for k in (_kernels, ref))),
+             *(_bind(k.bias_activation, z, b, "relu") for k in (core, ref))),
         Case(f"bias_activation gelu {m}x{n}", "elementwise",
-             *(_bind(k.bias_activation, z, b, "gelu") for k in (_kernels, ref))),
+             *(_bind(k.bias_activation, z, b, "gelu") for k in (core, ref))),
         Case(f"activation_backward relu {m}x{n}", "elementwise",
-             *(_bind(k.activation_backward, z, "relu", y=y) for k in (_kernels, ref))),
-        Case(f"bias_grad {m}x{n}", "elementwise", *(_bind(k.bias_grad, z) for k in (_kernels, ref))),
+             *(_bind(k.activation_backward, z, "relu", y=y) for k in (core, ref))),
+        Case(f"bias_grad {m}x{n}", "elementwise", *(_bind(k.bias_grad, z) for k in (core, ref))),
         Case(f"softmax_cross_entropy {m}x{classes}", "loss",
-             *(_bind(k.softmax_cross_entropy, logits, labels) for k in (_kernels, ref))),
+             *(_bind(k.softmax_cross_entropy, logits, labels) for k in (core, ref))),
         Case(f"sigmoid_cross_entropy {m}x{classes}", "loss",
-             *(_bind(k.sigmoid_cross_entropy, logits, targets) for k in (_kernels, ref))),
+             *(_bind(k.sigmoid_cross_entropy, logits, targets) for k in (core, ref))),
         Case(f"mse_loss {m}x{classes}", "loss",
-             *(_bind(k.mse_loss, logits, targets) for k in (_kernels, ref))),
+             *(_bind(k.mse_loss, logits, targets) for k in (core, ref))),
     ]
     size = LAYERS[0] * LAYERS[1]
     for name, make in [("sgd_update momentum", _sgd), ("rmsprop_update", _rmsprop),
                        ("adam_update", _adam)]:
         # separate state per side: the updates run in place
-        cases.append(Case(f"{name} n={size}", "optimizer", make(_kernels, rng, size),
+        cases.append(Case(f"{name} n={size}", "optimizer", make(core, rng, size),
                           make(ref, rng, size)))
     return cases
 
@@ -207,7 +253,8 @@ def _train_step_case(rng):
                 np.sqrt(2 / n_in)), np.zeros(n_out, np.float32)]
         return out
 
-    step = _kernels.TrainStep(params(), ["relu"] * n_hidden, "softmax", BATCH)
+    step = core.TrainStep(core.flat_params(params()), ["relu"] * n_hidden,
+                          "softmax_cross_entropy", BATCH)
     ref_params = params()
     ref_state = [(np.zeros_like(p), np.zeros_like(p)) for p in ref_params]
 
@@ -267,7 +314,7 @@ def measure(case, peak, target_seconds, repeats):
 def require_matplotlib():
     """matplotlib, or a SystemExit saying how to install it (it is an optional extra)."""
     try:
-        import matplotlib
+        import matplotlib   # optional dependency: imported lazily, on purpose
     except ImportError:
         raise SystemExit("fastmlp bench --plot needs matplotlib: pip install 'fastmlp[plot]' "
                          "(or pip install matplotlib)") from None
@@ -278,7 +325,7 @@ def plot(results, ctx, path):
     """Horizontal bars of each case's speedup over the NumPy reference, log scale, to path."""
     matplotlib = require_matplotlib()
     matplotlib.use("Agg")    # files only: no display needed
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # optional dependency: imported lazily, on purpose
 
     names = [r["name"] for r in results][::-1]     # first case at the top
     speedups = [r["speedup_vs_reference"] for r in results][::-1]

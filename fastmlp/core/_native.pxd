@@ -1,0 +1,73 @@
+# The native interface of fastmlp's compiled core (_native.pyx) for other Cython modules:
+# TrainStep's phases, callable without the GIL. A caller cimports TrainStep from here and, with
+# the GIL, validates a batch once (_validate); then, with or without it, runs
+#     _load -> _forward -> _backward -> [anything on flat_grads] -> _update
+# exactly as TrainStep.run does (see the design notes in _train_step.pxi).
+
+from libc.stdint cimport int32_t, uint64_t
+
+cdef struct _Layer:
+    ptrdiff_t n_in, n_out
+    int act           # FM_ACT_* of its output; the last layer's is FM_ACT_IDENTITY
+    float *W          # [n_in, n_out] in the flat parameter buffer
+    float *b          # [n_out]
+    float *dW         # [n_in, n_out] in the flat gradient buffer
+    float *db         # [n_out]
+    float *Z          # [max_batch, n_out] pre-activation (kept only for gelu's backward)
+    float *Y          # [max_batch, n_out] activation output
+    float *A          # what the next layer reads: Y, or Y * mask with dropout
+    float *mask       # [max_batch, n_out] 0 or 1 / (1 - p), or NULL
+    float *D          # [max_batch, n_out] gradient of the loss w.r.t. this layer's pre-activation
+    uint64_t keep     # dropout: keep an element when its 24-bit hash < keep
+    float scale       # dropout: 1 / (1 - p)
+
+# A batch as given, validated: the caller's arrays (their owner keeps them alive).
+cdef struct _Input:
+    ptrdiff_t rows        # rows of X
+    ptrdiff_t M           # batch size: rows, or the length of idx
+    const float *X        # [rows, n_in]
+    const void *y         # int32 [rows] labels (softmax_cross_entropy), else float32 [rows, n_out]
+    const float *w        # [rows] sample weights, or NULL
+    const Py_ssize_t *idx # [M] rows of X making the batch, or NULL for all of X
+
+cdef class TrainStep:
+    cdef _Layer *layers
+    cdef int n_layers, loss_kernel, update_kernel, nesterov
+    cdef readonly ptrdiff_t max_batch, n_params, n_weights
+    cdef public long t
+    cdef double momentum, beta1, beta2, rho, eps, weight_decay, alpha
+    cdef uint64_t seed
+    cdef readonly list params, grads, state
+    cdef readonly object flat_params, flat_grads
+    cdef readonly tuple activations, dropout
+    cdef readonly str loss, optimizer
+    cdef float *p_flat
+    cdef float *g_flat
+    cdef float *s1_flat      # optimizer state: SGD velocity, RMSProp square average, Adam m
+    cdef float *s2_flat      # Adam v
+    cdef list _buffers       # keeps the activation / gradient / mask arrays alive
+    cdef object _work, _xbuf, _ybuf, _wbuf, _batch_refs
+    cdef float *xbuf          # the gathered batch: rows of X, its targets, its sample weights
+    cdef void *ybuf
+    cdef float *wbuf
+    cdef float *work
+    cdef int work_threads
+    cdef object _config
+    # the batch of the last _load
+    cdef ptrdiff_t M
+    cdef const float *X
+    cdef const void *y
+    cdef const float *w
+    cdef double l2
+    cdef int phase           # _PHASE_*: which phases the current batch has been through
+
+    cdef float *_buffer(self, Py_ssize_t n) except NULL
+    cdef int _ensure_work(self, int nthreads) except -1
+    cdef int _raise(self, int status) except -1
+    cdef int _validate(self, X, y, sample_weight, index, _Input *inp) except -1
+    cdef int _load(self, const _Input *inp, int nt) noexcept nogil
+    cdef int _forward(self, double *loss, int nt) noexcept nogil
+    cdef int _backward(self, int nt) noexcept nogil
+    cdef int _update(self, double lr, int nt) noexcept nogil
+    cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2,
+                            int nt) noexcept nogil

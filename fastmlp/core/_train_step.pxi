@@ -1,0 +1,620 @@
+# The training step of a dense MLP in native code, in three phases: forward (with the loss),
+# backward (every gradient into one flat buffer), update (the optimizer over the flat buffers).
+# Included into _native.pyx so it calls the fm_* kernels directly; its class is declared in
+# _native.pxd, where other Cython modules find the phases.
+#
+# Design notes:
+# f) Every buffer is allocated once, in __init__, for the largest batch; a smaller batch uses the
+#    first rows. Each phase holds the GIL only to validate its arguments (_validate); the work
+#    itself (_load, _forward, _backward, _update) is native code that allocates nothing and
+#    touches no Python object, callable without the GIL from Cython (_native.pxd). run() is the
+#    three phases in one `with nogil:` block.
+# g) Parameters live in one flat float32 buffer owned by the caller, gradients in one owned by
+#    the step, both laid out [W0, W1, ..., W_{L-1}, b0, b1, ..., b_{L-1}] (flat_params); the
+#    per-layer arrays are views into them. Weights first: the L2 penalty covers one contiguous
+#    segment, so an update is one optimizer call over the whole buffer (two with L2), and a
+#    data-parallel step reduces one buffer. The optimizer state is flat in the same layout.
+# h) Sample weights are renormalised per batch to sum to the batch size: the kernels' mean over M
+#    then equals scikit-learn's weighted average (sum_i w_i l_i / sum_i w_i). The L2 term is, as
+#    in scikit-learn, alpha / (2 sum w) ||W||^2 with the batch's own (unnormalised) sum of weights.
+#    It is part of forward's loss, and its gradient alpha / (sum w) W is added by update (in the
+#    optimizer kernel's pass, g' = g + l2 p): flat_grads hold the data loss's gradient only.
+# i) Dropout masks come from a counter-based hash of (seed, step, layer, element), with the key
+#    of _dropout_key, so they do not depend on the thread count nor on any RNG state: a step is a
+#    pure function of its inputs.
+# j) A non-finite loss raises FloatingPointError at forward: nothing is updated and backward and
+#    update refuse to run until the next forward.
+# A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
+
+from libc.stdint cimport uint64_t
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+from libc.math cimport isfinite
+from libc.stdlib cimport calloc, free
+
+# TrainStep's vocabulary is the kernels': a loss is the kernel that computes it, an optimizer is
+# named after its update kernel.
+cdef tuple _LOSS_KERNELS = (FM_K_SOFTMAX_CROSS_ENTROPY, FM_K_SIGMOID_CROSS_ENTROPY, FM_K_MSE_LOSS)
+cdef tuple _UPDATE_KERNELS = (FM_K_SGD_UPDATE, FM_K_RMSPROP_UPDATE, FM_K_ADAM_UPDATE)
+LOSSES = tuple(KERNELS[k] for k in _LOSS_KERNELS)
+OPTIMIZERS = tuple(KERNELS[k].removesuffix("_update") for k in _UPDATE_KERNELS)
+
+cdef enum:                   # TrainStep.phase: how far the current batch has gone
+    _PHASE_NONE = 0          # no batch, or its update is done
+    _PHASE_FORWARD = 1
+    _PHASE_BACKWARD = 2
+
+
+cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
+    z += <uint64_t>0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef inline uint64_t _dropout_key(uint64_t seed, uint64_t step, uint64_t layer) noexcept nogil:
+    """The key of hidden layer `layer`'s dropout mask at `step` (updates done before it)."""
+    return _splitmix64(_splitmix64(seed) ^ ((step << 16) | layer))
+
+
+cdef void _dropout_forward(ptrdiff_t n, const float *y, float *mask, float *out, uint64_t keep,
+                           float scale, uint64_t key) noexcept nogil:
+    """mask[i] = scale if hash(key, i) keeps element i else 0; out = y * mask. y, mask, out: [n]."""
+    cdef ptrdiff_t i
+    for i in range(n):
+        mask[i] = scale if (_splitmix64(key + <uint64_t>i) >> 40) < keep else 0.0
+        out[i] = y[i] * mask[i]
+
+
+cdef void _mul_inplace(ptrdiff_t n, float *x, const float *m) noexcept nogil:
+    cdef ptrdiff_t i
+    for i in range(n):
+        x[i] = x[i] * m[i]
+
+
+cdef double _sum_squares(ptrdiff_t n, const float *x) noexcept nogil:
+    """sum x^2 in double, eight independent accumulators (fixed order: deterministic) so the sum
+    is not bound by the latency of one chain of adds."""
+    cdef double acc[8]
+    cdef ptrdiff_t i, j
+    for j in range(8):
+        acc[j] = 0
+    i = 0
+    while i + 8 <= n:
+        for j in range(8):
+            acc[j] += <double>x[i + j] * x[i + j]
+        i += 8
+    while i < n:
+        acc[0] += <double>x[i] * x[i]
+        i += 1
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+# ---- the flat layout (note g) --------------------------------------------------------------------
+
+
+def _flat_offsets(list shapes):
+    """Element offsets of [W0, b0, W1, b1, ...] in the layout [W0, ..., W_{L-1}, b0, ..., b_{L-1}],
+    and the total size."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    order = list(range(0, len(shapes), 2)) + list(range(1, len(shapes), 2))
+    offsets, total = [0] * len(shapes), 0
+    for i in order:
+        offsets[i] = total
+        total += sizes[i]
+    return offsets, total
+
+
+def flat_params(params):
+    """Copy params [W0, b0, W1, b1, ...] (arrays of any float dtype) into one new flat float32
+    buffer laid out [W0, W1, ..., b0, b1, ...] (weights first); return the list of views into it,
+    in the order given. The buffer is views[0].base (see flat_buffer)."""
+    params = list(params)
+    if len(params) < 2 or len(params) % 2:
+        raise ValueError("params must be [W0, b0, W1, b1, ...]: a weight and a bias per layer")
+    arrays = [np.asarray(p) for p in params]
+    offsets, total = _flat_offsets([a.shape for a in arrays])
+    flat = np.empty(total, np.float32)
+    views = []
+    for a, o in zip(arrays, offsets):
+        v = flat[o:o + a.size].reshape(a.shape)
+        v[...] = a
+        views.append(v)
+    return views
+
+
+def flat_buffer(params):
+    """The flat buffer params are views of, if they are laid out as flat_params lays them out
+    (each a C-contiguous writable float32 view at its offset of one 1-D float32 array); else
+    None."""
+    params = list(params)
+    if len(params) < 2 or len(params) % 2 or not all(isinstance(p, np.ndarray) for p in params):
+        return None
+    flat = params[0].base
+    if not (isinstance(flat, np.ndarray) and flat.ndim == 1 and flat.dtype == np.float32
+            and flat.flags.c_contiguous and flat.flags.writeable):
+        return None
+    offsets, total = _flat_offsets([p.shape for p in params])
+    if flat.size != total:
+        return None
+    cdef uintptr_t base = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>flat)
+    for p, o in zip(params, offsets):
+        if (p.base is not flat or p.dtype != np.float32 or not p.flags.c_contiguous
+                or <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>p) != base + 4 * <uintptr_t>o):
+            return None
+    return flat
+
+
+cdef float *_data(object a):
+    return <float *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef class TrainStep:
+    """One minibatch training step of a dense MLP, in native code, in phases.
+
+    TrainStep(params, activations, loss, max_batch, *, optimizer="adam", momentum=0.9,
+              nesterov=False, beta1=0.9, beta2=0.999, rho=0.9, eps=1e-8, weight_decay=0.0,
+              alpha=0.0, dropout=None, seed=0)
+
+    params: [W0, b0, W1, b1, ...], W_l (n_l, n_{l+1}), b_l (n_{l+1},): views of one flat
+        float32 buffer as flat_params makes them (note g); updated in place by update().
+    activations: one name per hidden layer (ACTIVATIONS); the output layer is identity (the loss
+        applies softmax / sigmoid).
+    loss: "softmax_cross_entropy" (integer labels), "sigmoid_cross_entropy" (binary /
+        multi-label targets) or "mse_loss" (LOSSES: the kernels that compute them).
+    max_batch: the largest batch accepted; buffers are sized for it.
+    optimizer: "sgd" (momentum, nesterov: scikit-learn's form), "rmsprop" (rho, eps) or "adam"
+        (beta1, beta2, eps; weight_decay > 0 makes it AdamW) (OPTIMIZERS).
+    alpha: L2 penalty, scikit-learn's semantics: loss += alpha / (2 M) sum ||W||^2 and
+        dW += alpha / M W for a batch of M rows (weights only, not biases); with sample weights,
+        M is the batch's sum of weights (note h).
+    dropout: None or one rate in [0, 1) per hidden layer (inverted dropout on its output).
+    seed: dropout's seed.
+
+    Phases: forward(X, y, sample_weight, index=) -> loss; backward() fills flat_grads;
+    update(lr) steps the optimizer. run(...) is the three in one native call.
+
+    Attributes: t (the number of updates done; Adam's step), params and grads (views of
+    flat_params and flat_grads, in the order of params), n_params, n_weights (the weights come
+    first in the flat buffers), state (the optimizer's flat state buffers).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.layers = NULL
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def __init__(self, params, activations, loss, max_batch, *, optimizer="adam", momentum=0.9,
+                 nesterov=False, beta1=0.9, beta2=0.999, rho=0.9, eps=1e-8, weight_decay=0.0,
+                 alpha=0.0, dropout=None, seed=0):
+        params = list(params)
+        if len(params) < 2 or len(params) % 2:
+            raise ValueError("params must be [W0, b0, W1, b1, ...]: a weight and a bias per layer")
+        cdef int L = len(params) // 2, l
+        activations = tuple(activations)
+        if len(activations) != L - 1:
+            raise ValueError(f"activations: need one per hidden layer ({L - 1}), got "
+                             f"{len(activations)}")
+        for a in activations:
+            _act_code(a, "activations")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        dropout = tuple(float(p) for p in dropout) if dropout is not None else (0.0,) * (L - 1)
+        if len(dropout) != L - 1 or not all(0.0 <= p < 1.0 for p in dropout):
+            raise ValueError(f"dropout: need one rate in [0, 1) per hidden layer ({L - 1}), got "
+                             f"{dropout}")
+        if alpha < 0 or weight_decay < 0:
+            raise ValueError("alpha and weight_decay must be >= 0")
+        n_prev = None
+        for l in range(L):
+            W, b = params[2 * l], params[2 * l + 1]
+            if not isinstance(W, np.ndarray) or W.ndim != 2:
+                raise ValueError(f"params[{2 * l}] must be a 2-D float32 array (n_in, n_out)")
+            n_in, n_out = W.shape
+            if n_prev is not None and n_in != n_prev:
+                raise ValueError(f"params[{2 * l}] has {n_in} rows but the previous layer has "
+                                 f"{n_prev} outputs")
+            if n_in < 1 or n_out < 1:
+                raise ValueError(f"params[{2 * l}]: layers need at least one input and output")
+            n_prev = n_out
+            _output(W, f"params[{2 * l}]", (n_in, n_out))
+            _output(b, f"params[{2 * l + 1}]", (n_out,))
+        flat = flat_buffer(params)
+        if flat is None:
+            raise ValueError("params must be views of one flat float32 buffer laid out [W0, W1, "
+                             "..., b0, b1, ...]: make them with fastmlp.core.flat_params(params)")
+        self._config = dict(loss=loss, max_batch=int(max_batch), optimizer=optimizer,
+                            momentum=momentum, nesterov=bool(nesterov), beta1=beta1, beta2=beta2,
+                            rho=rho, eps=eps, weight_decay=weight_decay, alpha=alpha,
+                            dropout=dropout, seed=int(seed))
+        self.params, self.activations, self.dropout = params, activations, dropout
+        self.loss, self.optimizer, self.max_batch = loss, optimizer, max_batch
+        self.loss_kernel = _LOSS_KERNELS[LOSSES.index(loss)]
+        self.update_kernel = _UPDATE_KERNELS[OPTIMIZERS.index(optimizer)]
+        self.momentum, self.nesterov = momentum, bool(nesterov)
+        self.beta1, self.beta2, self.rho, self.eps = beta1, beta2, rho, eps
+        self.weight_decay, self.alpha = weight_decay, alpha
+        self.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        self.t = 0
+        self.phase = _PHASE_NONE
+
+        # flat buffers (note g): parameters (the caller's), gradients, optimizer state
+        self.flat_params = flat
+        self.n_params = flat.size
+        self.n_weights = sum(params[2 * l].size for l in range(L))
+        self.grads = flat_params([np.zeros(p.shape, np.float32) for p in params])
+        self.flat_grads = self.grads[0].base
+        n_state = 2 if optimizer == "adam" else (0 if optimizer == "sgd" and momentum == 0 else 1)
+        self.state = [np.zeros(self.n_params, np.float32) for _ in range(n_state)]
+        self.p_flat, self.g_flat = _data(self.flat_params), _data(self.flat_grads)
+        self.s1_flat = _data(self.state[0]) if n_state > 0 else NULL
+        self.s2_flat = _data(self.state[1]) if n_state > 1 else NULL
+
+        free(self.layers)
+        self.layers = <_Layer *>calloc(L, sizeof(_Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        self.n_layers = L
+        self._buffers = []
+        cdef _Layer *ly
+        for l in range(L):
+            ly = &self.layers[l]
+            ly.n_in, ly.n_out = params[2 * l].shape
+            ly.act = _act_code(activations[l], "activations") if l < L - 1 else FM_ACT_IDENTITY
+            ly.W, ly.b = _data(params[2 * l]), _data(params[2 * l + 1])
+            ly.dW, ly.db = _data(self.grads[2 * l]), _data(self.grads[2 * l + 1])
+            ly.Y = self._buffer(max_batch * ly.n_out)
+            ly.A = ly.Y
+            ly.D = self._buffer(max_batch * ly.n_out)
+            ly.Z = self._buffer(max_batch * ly.n_out) if ly.act == FM_ACT_GELU else NULL
+            if l < L - 1 and dropout[l] > 0:
+                ly.mask = self._buffer(max_batch * ly.n_out)
+                ly.A = self._buffer(max_batch * ly.n_out)
+                ly.keep = <uint64_t>round((1.0 - dropout[l]) * (1 << 24))
+                ly.scale = 1.0 / (1.0 - dropout[l])
+        n_out_last = self.layers[L - 1].n_out
+        self._xbuf = np.empty((max_batch, self.layers[0].n_in), np.float32)
+        self._ybuf = (np.empty(max_batch, np.int32)
+                      if self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY
+                      else np.empty((max_batch, n_out_last), np.float32))
+        self._wbuf = np.empty(max_batch, np.float32)
+        self.xbuf, self.wbuf = _data(self._xbuf), _data(self._wbuf)
+        self.ybuf = cnp.PyArray_DATA(<cnp.ndarray>self._ybuf)
+        self.work_threads = 0
+        self._ensure_work(_threads())
+
+    cdef float *_buffer(self, Py_ssize_t n) except NULL:
+        a = np.zeros(n, np.float32)
+        self._buffers.append(a)
+        return _data(a)
+
+    cdef int _ensure_work(self, int nthreads) except -1:
+        if nthreads > self.work_threads:
+            self._work = np.empty(max(<Py_ssize_t>fm_matmul_work_size(nthreads), 1), np.float32)
+            self.work = _data(self._work)
+            self.work_threads = nthreads
+        return 0
+
+    def __reduce__(self):
+        # Pickle the parameters (shared with the owner: pickle's memo keeps them the same
+        # objects), the configuration, the step count and the optimizer state.
+        cfg = dict(self._config)
+        args = (self.params, self.activations, cfg.pop("loss"), cfg.pop("max_batch"))
+        return (_rebuild_train_step, (args, cfg, self.t, self.state))
+
+    # ---- with the GIL: validation ---------------------------------------------------------------
+
+    cdef int _validate(self, X, y, sample_weight, index, _Input *inp) except -1:
+        """Check a batch and describe it in inp; keep its arrays alive until the next one."""
+        X = _input(X, "X", 2)
+        cdef Py_ssize_t n = X.shape[0], n_in = self.layers[0].n_in
+        cdef Py_ssize_t n_out = self.layers[self.n_layers - 1].n_out
+        if X.shape[1] != n_in:
+            raise ValueError(f"X must have {n_in} columns, got {X.shape[1]}")
+        cdef bint labels = self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY
+        if labels:
+            if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.shape != (n,):
+                raise TypeError(f"y must be an int32 array of shape ({n},) of labels")
+            y = np.ascontiguousarray(y)
+        else:
+            y = _input_shaped(y, "y", (n, n_out))
+        w = _weights(sample_weight, n)
+        cdef bint gather = index is not None
+        if gather:
+            index = np.ascontiguousarray(index, dtype=np.intp)
+            if index.ndim != 1:
+                raise ValueError("index must be 1-D")
+            if index.shape[0] and (index.min() < 0 or index.max() >= n):
+                raise IndexError(f"index out of range for {n} rows")
+        cdef Py_ssize_t M = index.shape[0] if gather else n
+        if M < 1 or M > self.max_batch:
+            raise ValueError(f"batch size must be in [1, {self.max_batch}], got {M}")
+        if labels and M and not gather and (y.min() < 0 or y.max() >= n_out):
+            raise ValueError(f"labels must be in [0, {n_out})")
+        self._batch_refs = (X, y, w, index)
+        inp.rows, inp.M = n, M
+        inp.X = _data(X)
+        inp.y = cnp.PyArray_DATA(<cnp.ndarray>y)
+        inp.w = _data(w) if w is not None else NULL
+        inp.idx = <const Py_ssize_t *>cnp.PyArray_DATA(<cnp.ndarray>index) if gather else NULL
+        return 0
+
+    # ---- without the GIL: the phases ------------------------------------------------------------
+
+    cdef int _load(self, const _Input *inp, int nt) noexcept nogil:
+        """Make inp the current batch: gather its rows (with idx), renormalise its sample weights
+        (note h) and set the L2 coefficient. Returns FM_OK."""
+        cdef ptrdiff_t M = inp.M, n_in = self.layers[0].n_in
+        cdef ptrdiff_t n_out = self.layers[self.n_layers - 1].n_out, r
+        cdef bint labels = self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY
+        cdef float *xb = self.xbuf
+        cdef float *wb = self.wbuf
+        cdef void *yb = self.ybuf
+        cdef const float *w = inp.w
+        cdef double wsum, l2_rows = M
+        self.M, self.X, self.y, self.w = M, inp.X, inp.y, NULL
+        if inp.idx != NULL:
+            # rows of a shuffled epoch are scattered over X (tens of MB, beyond the caches): a
+            # gather per thread (ee2d0fb; benchmarks/results/gemm_rules.md, "gather")
+            for r in prange(M, num_threads=nt, schedule="static"):
+                memcpy(&xb[r * n_in], inp.X + inp.idx[r] * n_in, n_in * sizeof(float))
+                if labels:
+                    (<int32_t *>yb)[r] = (<const int32_t *>inp.y)[inp.idx[r]]
+                else:
+                    memcpy(<float *>yb + r * n_out, <const float *>inp.y + inp.idx[r] * n_out,
+                           n_out * sizeof(float))
+                if w != NULL:
+                    wb[r] = w[inp.idx[r]]
+            self.X, self.y = xb, yb
+            if w != NULL:
+                w = wb
+        if w != NULL:
+            # note h: weights renormalised to sum to M (all-zero weights: no gradient)
+            wsum = 0
+            for r in range(M):
+                wsum += w[r]
+            for r in range(M):
+                wb[r] = <float>(w[r] * (M / wsum)) if wsum else 0
+            self.w = wb
+            if wsum:
+                l2_rows = wsum
+        self.l2 = self.alpha / l2_rows
+        self.phase = _PHASE_NONE
+        return FM_OK
+
+    cdef int _forward(self, double *loss, int nt) noexcept nogil:
+        """Forward pass and loss of the current batch, with the L2 penalty; the loss's gradient
+        w.r.t. the output goes to the last layer's D. A non-finite loss leaves the phase at none
+        (note j). Returns FM_OK, FM_EINVAL (a label out of range) or FM_ENOMEM."""
+        cdef int L = self.n_layers, l, status
+        cdef ptrdiff_t M = self.M
+        cdef _Layer *ly
+        cdef const float *inp = self.X
+        cdef fm_epilogue ep
+        cdef double sq = 0
+        self.phase = _PHASE_NONE
+        # hidden layers fuse bias + activation in the GEMM epilogue; gelu keeps Z
+        for l in range(L):
+            ly = &self.layers[l]
+            ep.bias = ly.b; ep.act = ly.act; ep.grad_act = FM_ACT_IDENTITY; ep.slope = 0.01
+            ep.y = NULL; ep.ldy = ly.n_out; ep.z = NULL; ep.ldz = ly.n_out
+            if ly.Z != NULL:
+                ep.act = FM_ACT_IDENTITY
+            status = fm_matmul(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out, 0.0,
+                               ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work, nt)
+            if status != FM_OK:
+                return status
+            if ly.Z != NULL:
+                fm_bias_activation(M, ly.n_out, ly.Z, NULL, ly.act, 0.01, ly.Y, nt)
+            if ly.mask != NULL:
+                _dropout_forward(M * ly.n_out, ly.Y, ly.mask, ly.A, ly.keep, ly.scale,
+                                 _dropout_key(self.seed, <uint64_t>self.t, <uint64_t>l))
+            inp = ly.A
+        # the loss and its gradient w.r.t. the output pre-activation, in one pass
+        ly = &self.layers[L - 1]
+        if self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY:
+            status = fm_softmax_cross_entropy(M, ly.n_out, ly.Y, <const int32_t *>self.y, self.w,
+                                              ly.D, loss, nt)
+        elif self.loss_kernel == FM_K_SIGMOID_CROSS_ENTROPY:
+            status = fm_sigmoid_cross_entropy(M, ly.n_out, ly.Y, <const float *>self.y, self.w,
+                                              ly.D, loss, nt)
+        else:
+            status = fm_mse_loss(M, ly.n_out, ly.Y, <const float *>self.y, self.w, ly.D, loss, nt)
+        if status != FM_OK:
+            return status
+        if self.alpha > 0:
+            for l in range(L):
+                sq += _sum_squares(self.layers[l].n_in * self.layers[l].n_out, self.layers[l].W)
+            loss[0] += 0.5 * self.l2 * sq
+        if isfinite(loss[0]):
+            self.phase = _PHASE_FORWARD
+        return FM_OK
+
+    cdef int _backward(self, int nt) noexcept nogil:
+        """Every gradient of the current batch's data loss into flat_grads. Returns FM_OK,
+        FM_EINVAL (no forward of this batch) or FM_ENOMEM."""
+        if self.phase == _PHASE_NONE:
+            return FM_EINVAL
+        cdef int L = self.n_layers, l, status
+        cdef ptrdiff_t M = self.M
+        cdef _Layer *ly
+        cdef _Layer *prev
+        cdef const float *inp
+        cdef fm_epilogue ep
+        for l in range(L - 1, -1, -1):
+            ly = &self.layers[l]
+            inp = self.X if l == 0 else self.layers[l - 1].A
+            status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D, ly.n_out, 0.0,
+                               ly.dW, ly.n_out, NULL, self.work, nt)
+            if status != FM_OK:
+                return status
+            fm_bias_grad(M, ly.n_out, ly.D, ly.db, nt)
+            if l > 0:
+                # dZ_prev = (D W^T) * act'(.), fused; then dropout's mask
+                prev = &self.layers[l - 1]
+                ep.bias = NULL; ep.act = FM_ACT_IDENTITY; ep.grad_act = prev.act; ep.slope = 0.01
+                ep.y = prev.Y; ep.ldy = prev.n_out; ep.z = prev.Z; ep.ldz = prev.n_out
+                status = fm_matmul(0, 1, M, prev.n_out, ly.n_out, 1.0, ly.D, ly.n_out, ly.W,
+                                   ly.n_out, 0.0, prev.D, prev.n_out, &ep, self.work, nt)
+                if status != FM_OK:
+                    return status
+                if prev.mask != NULL:
+                    _mul_inplace(M * prev.n_out, prev.D, prev.mask)
+        self.phase = _PHASE_BACKWARD
+        return FM_OK
+
+    cdef int _update(self, double lr, int nt) noexcept nogil:
+        """One optimizer step over the flat buffers with flat_grads: the weights with the L2
+        coefficient of the current batch, the biases without (note g). Returns FM_OK, or
+        FM_EINVAL (no backward since the last update)."""
+        if self.phase != _PHASE_BACKWARD:
+            return FM_EINVAL
+        self.t += 1
+        if self.l2 == 0:
+            self._update_range(0, self.n_params, lr, 0.0, nt)
+        else:
+            self._update_range(0, self.n_weights, lr, self.l2, nt)
+            self._update_range(self.n_weights, self.n_params, lr, 0.0, nt)
+        self.phase = _PHASE_NONE
+        return FM_OK
+
+    cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2,
+                            int nt) noexcept nogil:
+        """The optimizer over elements [lo, hi) of the flat buffers."""
+        cdef float *s1 = self.s1_flat + lo if self.s1_flat != NULL else NULL
+        cdef float *s2 = self.s2_flat + lo if self.s2_flat != NULL else NULL
+        if self.update_kernel == FM_K_SGD_UPDATE:
+            fm_sgd_update(hi - lo, self.p_flat + lo, self.g_flat + lo, lr, l2, self.momentum,
+                          self.nesterov, s1, nt)
+        elif self.update_kernel == FM_K_RMSPROP_UPDATE:
+            fm_rmsprop_update(hi - lo, self.p_flat + lo, self.g_flat + lo, s1, lr, self.rho,
+                              self.eps, l2, nt)
+        else:
+            fm_adam_update(hi - lo, self.p_flat + lo, self.g_flat + lo, s1, s2, self.t, lr,
+                           self.beta1, self.beta2, self.eps, l2, self.weight_decay, nt)
+
+    # ---- the phases from Python -----------------------------------------------------------------
+
+    cdef int _raise(self, int status) except -1:
+        n_out = self.layers[self.n_layers - 1].n_out
+        if status == FM_EINVAL:
+            raise ValueError(f"labels must be in [0, {n_out})")
+        if status == FM_ENOMEM:
+            raise MemoryError("TrainStep: could not allocate GEMM buffers")
+        return 0
+
+    def forward(self, X, y, sample_weight=None, *, index=None):
+        """Forward pass and loss of a batch (with the L2 penalty); keeps what backward needs.
+
+        X: float32 (n, n_in); y: int32 (n,) labels in [0, n_out) for "softmax_cross_entropy",
+        else float32 (n, n_out) targets; sample_weight: float32 (n,) or None.
+        index: None (the batch is all of X, at most max_batch rows), or integer (M,) row
+        indices gathered from X, y and sample_weight inside the native call (no copy in Python).
+        Without index, backward reads X again: leave it unchanged until then.
+        Returns the loss; raises FloatingPointError if it is not finite (note j).
+        """
+        cdef _Input inp
+        self._validate(X, y, sample_weight, index, &inp)
+        cdef int nt = _threads()
+        self._ensure_work(nt)
+        cdef double loss = 0
+        cdef int status
+        with nogil:
+            self._load(&inp, nt)
+            status = self._forward(&loss, nt)
+        self._raise(status)
+        if not isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss} at step {self.t + 1}; the "
+                                     "parameters were not updated")
+        return loss
+
+    def backward(self):
+        """The gradients of the last forward's data loss into flat_grads (grads are views).
+        The L2 penalty's gradient is not in them: update adds it (note h)."""
+        if self.phase == _PHASE_NONE:
+            raise RuntimeError("backward needs a forward (with a finite loss) of a new batch "
+                               "first")
+        cdef int nt = _threads()
+        self._ensure_work(nt)
+        cdef int status
+        with nogil:
+            status = self._backward(nt)
+        self._raise(status)
+
+    def update(self, lr):
+        """One optimizer step with flat_grads at learning rate lr (t counts it)."""
+        if self.phase != _PHASE_BACKWARD:
+            raise RuntimeError("update needs a backward since the last update")
+        cdef double lr_ = lr
+        cdef int nt = _threads()
+        with nogil:
+            self._update(lr_, nt)
+
+    def run(self, X, y, sample_weight=None, *, lr, index=None):
+        """forward, backward and update of one batch in one native call; returns the loss.
+
+        Arguments as forward's; lr: the learning rate of this step.
+        Raises FloatingPointError, without updating anything, if the loss is not finite.
+        """
+        cdef _Input inp
+        self._validate(X, y, sample_weight, index, &inp)
+        cdef int nt = _threads()
+        self._ensure_work(nt)
+        cdef double lr_ = lr, loss = 0
+        cdef int status
+        with nogil:
+            self._load(&inp, nt)
+            status = self._forward(&loss, nt)
+            if status == FM_OK and self.phase == _PHASE_FORWARD:
+                status = self._backward(nt)
+                if status == FM_OK:
+                    self._update(lr_, nt)
+        self._raise(status)
+        if not isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss} at step {self.t + 1}; the "
+                                     "parameters were not updated")
+        return loss
+
+
+def _rebuild_train_step(args, config, t, state):
+    # Unpickled parameters are separate arrays (and may be read-only: joblib memory-maps them):
+    # train on a flat copy; the estimators notice it is not their coefs_ and rebuild around
+    # their own arrays.
+    step = TrainStep(flat_params(args[0]), *args[1:], **config)
+    for dst, src in zip(step.state, state):
+        dst[...] = src
+    step.t = t
+    return step
+
+
+def dropout_mask(Py_ssize_t n_rows, Py_ssize_t n_cols, double p, seed, long step, int layer):
+    """The inverted-dropout mask TrainStep uses: float32 (n_rows, n_cols) of 0 and 1 / (1 - p),
+    a pure function of (seed, step, layer, element) (note i). step: updates done before this one
+    (TrainStep.t); layer: the hidden layer's index from 0."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+    mask = np.empty((n_rows, n_cols), np.float32)
+    ones = np.ones((n_rows, n_cols), np.float32)
+    cdef uint64_t s = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    cdef uint64_t key = _dropout_key(s, <uint64_t>step, <uint64_t>layer)
+    cdef uint64_t keep = <uint64_t>round((1.0 - p) * (1 << 24))
+    cdef float scale = 1.0 / (1.0 - p)
+    cdef float *m_p = _data(mask)
+    cdef float *o_p = _data(ones)
+    if mask.size:
+        with nogil:
+            _dropout_forward(n_rows * n_cols, o_p, m_p, o_p, keep, scale, key)
+    return mask
+
+
+def _swap_num_threads(n):
+    """Set the thread count like set_num_threads(n) (None: default policy) and return the
+    previous setting, so a caller can restore it exactly (the estimators' n_threads)."""
+    old = _requested if _requested > 0 else None
+    set_num_threads(n)
+    return old

@@ -1,0 +1,132 @@
+# The C contract (csrc/fastmlp.h) as Cython sees it: its constants, enums, structs and entry
+# points, declared once. Every Cython file of the package cimports what it needs from here; the
+# meaning of each declaration is documented in the header, not repeated.
+
+from libc.stdint cimport int32_t
+
+cdef extern from "fastmlp.h" nogil:
+    enum:
+        FM_OK
+        FM_EINVAL
+        FM_ENOMEM
+
+    enum:
+        FM_ACT_IDENTITY
+        FM_ACT_RELU
+        FM_ACT_LEAKY_RELU
+        FM_ACT_TANH
+        FM_ACT_LOGISTIC
+        FM_ACT_GELU
+        FM_ACT_COUNT
+
+    enum:
+        FM_ISA_GENERIC
+        FM_ISA_AVX2
+        FM_ISA_AVX512
+        FM_ISA_COUNT
+
+    enum:
+        FM_PATH_BLOCKED
+        FM_PATH_BLOCKED_CT
+        FM_PATH_DOT
+        FM_PATH_COUNT
+
+    enum:
+        FM_K_MATMUL
+        FM_K_BIAS_ACTIVATION
+        FM_K_ACTIVATION_BACKWARD
+        FM_K_BIAS_GRAD
+        FM_K_SOFTMAX_CROSS_ENTROPY
+        FM_K_SIGMOID_CROSS_ENTROPY
+        FM_K_MSE_LOSS
+        FM_K_SGD_UPDATE
+        FM_K_RMSPROP_UPDATE
+        FM_K_ADAM_UPDATE
+        FM_K_COUNT
+
+    enum:
+        FM_PROF_TRANS_A
+        FM_PROF_TRANS_B
+        FM_PROF_BIAS
+        FM_PROF_MOMENTUM
+        FM_PROF_NESTEROV
+        FM_PROF_WEIGHT_DECAY
+
+    ctypedef struct fm_epilogue:
+        const float *bias
+        int act
+        int grad_act
+        float slope
+        const float *y
+        ptrdiff_t ldy
+        const float *z
+        ptrdiff_t ldz
+
+    ctypedef struct fm_matmul_plan:
+        int path
+        int threads
+        int split_n
+        int pack_b
+        int kc, mc, nc
+        size_t a_floats
+        size_t b_floats
+
+    ctypedef struct fm_prof_entry:
+        int kernel
+        int act
+        int grad_act
+        int path
+        int flags
+        ptrdiff_t m, n, k
+        long calls
+        double seconds, flops, bytes
+
+    # GEMM
+    int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
+                  const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
+                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
+    size_t fm_matmul_work_size(int nthreads)
+    int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                       ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan)
+
+    # activations
+    void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
+                            float slope, float *Y, int nthreads)
+    void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                                const float *Z, int act, float slope, float *dZ, int nthreads)
+    void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
+
+    # losses
+    int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
+                                 const float *w, float *dZ, double *loss, int nthreads)
+    int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
+                                 const float *w, float *dZ, double *loss, int nthreads)
+    int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
+                    float *dP, double *loss, int nthreads)
+
+    # optimizer updates
+    void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2,
+                       double momentum, int nesterov, float *vel, int nthreads)
+    void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr,
+                           double rho, double eps, double l2, int nthreads)
+    void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
+                        double lr, double b1, double b2, double eps, double l2, double wd,
+                        int nthreads)
+
+    # dispatch
+    int fm_cpu_supports(int isa)
+    int fm_set_isa(int isa)
+    int fm_get_isa()
+    void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
+    int fm_set_blocks(int isa, int kc, int mc, int nc)
+    double fm_measure_peak_gflops(double seconds, int nthreads)
+
+    # profiling
+    int fm_profile_start()
+    int fm_profile_stop(fm_prof_entry *out, int capacity)
+
+    # names
+    const char *fm_activation_name(int act)
+    const char *fm_isa_name(int isa)
+    const char *fm_path_name(int path)
+    const char *fm_kernel_name(int kernel)

@@ -1,0 +1,117 @@
+"""Model files: a dense MLP's state as a .safetensors file, written and read without executing
+code. This layer knows the file's conventions, not the model classes: each model kind writes its
+own state through write_model and reads it back from the ModelFile that read_model returns;
+fastmlp.load dispatches on the kind.
+
+Tensors: ``coefs.{i}`` (n_i, n_{i+1}) and ``intercepts.{i}`` (n_{i+1},), float32 (the format:
+fastmlp.io.safetensors). ``__metadata__["fastmlp"]`` is a JSON document: format_version,
+fastmlp_version, trained_with (ISA, threads, CPU model and OpenMP runtime of the process that
+saved it), kind, layer_sizes, activations (hidden layers), out_activation, and what the kind
+adds (the MLP: init / dropout / seed; the estimators: hyperparameters, fitted attributes and, for
+a classifier, the classes with their dtype).
+
+read_model checks the header bounds and offsets, the tensor names, dtypes and shapes against the
+layer sizes, allow-listed activation names, the kind against the kinds the caller reads, finite
+weights and a size cap; the kind checks the rest. Any failure is a ModelFileError (a ValueError)
+saying what is wrong.
+"""
+import json
+
+import numpy as np
+
+from ..core import ACTIVATIONS, info
+from .._version import __version__
+from .safetensors import ModelFileError, expect, fail, is_int, read_file, write_file
+
+__all__ = ["FORMAT_VERSION", "MAX_BYTES", "ModelFile", "ModelFileError", "json_value",
+           "read_model", "write_model"]
+
+FORMAT_VERSION = 1
+MAX_BYTES = 2 << 30          # default size cap of a model file (2 GiB)
+OUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)   # an output layer may also end in softmax
+
+
+def json_value(v):
+    """v as plain JSON data, or raise TypeError (callables, arrays, random generators)."""
+    if isinstance(v, (bool, str, type(None))):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    raise TypeError(type(v).__name__)
+
+
+def write_model(path, kind, coefs, intercepts, activations, out_activation, extra):
+    """Write a dense MLP of the given kind: its weights, its layers, and the kind's own metadata
+    (extra: a dict of JSON data)."""
+    machine = info()
+    sizes = [c.shape[0] for c in coefs] + [coefs[-1].shape[1]]
+    # Where the model came from, for reports; informational, not checked on load.
+    doc = {"format_version": FORMAT_VERSION, "fastmlp_version": __version__,
+           "trained_with": {k: machine[k] for k in ("isa", "num_threads", "cpu", "openmp")},
+           "kind": kind, "layer_sizes": sizes, "activations": list(activations),
+           "out_activation": out_activation, **extra}
+    tensors = {f"coefs.{i}": c for i, c in enumerate(coefs)}
+    tensors.update({f"intercepts.{i}": b for i, b in enumerate(intercepts)})
+    # interleaved, as the files have always been written: coefs.0, intercepts.0, coefs.1, ...
+    order = [name for i in range(len(coefs)) for name in (f"coefs.{i}", f"intercepts.{i}")]
+    write_file(path, {name: tensors[name] for name in order},
+               {"fastmlp": json.dumps(doc, allow_nan=True)})
+
+
+class ModelFile:
+    """A model file read and checked by read_model: path, doc (the metadata document), kind,
+    layer_sizes, activations (hidden layers), out_activation, coefs and intercepts (float32).
+    expect / fail raise ModelFileError naming the file, for the kind's own checks."""
+
+    def __init__(self, path, doc, coefs, intercepts):
+        self.path, self.doc = path, doc
+        self.kind, self.layer_sizes = doc["kind"], doc["layer_sizes"]
+        self.activations, self.out_activation = doc["activations"], doc["out_activation"]
+        self.coefs, self.intercepts = coefs, intercepts
+
+    def expect(self, cond, msg):
+        expect(self.path, cond, msg)
+
+    def fail(self, msg):
+        fail(self.path, msg)
+
+
+def read_model(path, kinds, *, max_bytes=MAX_BYTES):
+    """Read and check a model file whose kind is one of kinds; returns a ModelFile."""
+    meta, arrays = read_file(path, max_bytes)
+    expect(path, isinstance(meta.get("fastmlp"), str),
+           "not a fastmlp model (no 'fastmlp' entry in __metadata__)")
+    try:
+        doc = json.loads(meta["fastmlp"])
+    except json.JSONDecodeError as e:
+        fail(path, f"corrupt fastmlp metadata (not JSON: {e})")
+    expect(path, isinstance(doc, dict), "fastmlp metadata is not a JSON object")
+    expect(path, doc.get("format_version") == FORMAT_VERSION,
+           f"unsupported format_version {doc.get('format_version')!r} (this fastmlp reads "
+           f"{FORMAT_VERSION})")
+    expect(path, doc.get("kind") in kinds, f"unknown model kind {doc.get('kind')!r}")
+    sizes, acts = doc.get("layer_sizes"), doc.get("activations")
+    expect(path, isinstance(sizes, list) and len(sizes) >= 2
+           and all(is_int(s, 1) for s in sizes), f"bad layer_sizes {sizes!r}")
+    expect(path, isinstance(acts, list) and len(acts) == len(sizes) - 2,
+           f"activations must be a list of {len(sizes) - 2} names, got {acts!r}")
+    for a in acts:
+        expect(path, a in ACTIVATIONS, f"unknown activation {a!r} (allowed: {ACTIVATIONS})")
+    expect(path, doc.get("out_activation") in OUT_ACTIVATIONS,
+           f"unknown output activation {doc.get('out_activation')!r}")
+    L = len(sizes) - 1
+    shapes = {f"coefs.{i}": [sizes[i], sizes[i + 1]] for i in range(L)}
+    shapes.update({f"intercepts.{i}": [sizes[i + 1]] for i in range(L)})
+    expect(path, set(arrays) == set(shapes),
+           f"tensors {sorted(arrays)} do not match layer_sizes {sizes}")
+    for name, shape in shapes.items():
+        expect(path, list(arrays[name].shape) == shape,
+               f"tensor {name!r} has shape {list(arrays[name].shape)}, layer_sizes {sizes} "
+               f"need {shape}")
+        expect(path, np.isfinite(arrays[name]).all(), f"tensor {name!r} has non-finite values")
+    return ModelFile(path, doc, [arrays[f"coefs.{i}"] for i in range(L)],
+                     [arrays[f"intercepts.{i}"] for i in range(L)])
