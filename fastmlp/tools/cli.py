@@ -51,7 +51,7 @@ def cmd_info(args):
     omp = report["openmp"] or {}
     lines = [
         f"fastmlp {report['version']}",
-        f"cpu            {report['cpu']}",
+        f"cpu            {report['cpu']} ({report['cpu_id'] or 'family and model unknown'})",
         f"isa            {report['isa']} (supported: {', '.join(report['supported_isas'])})",
         f"threads        {report['num_threads']} ({report['physical_cores']} physical cores)",
         f"openmp         {omp.get('library', 'none found')}",
@@ -277,7 +277,7 @@ def cmd_bench(args):
 
 
 def _print_context(ctx):
-    print(f"fastmlp {ctx['fastmlp_version']} | {ctx['cpu']} | {ctx['isa']}, "
+    print(f"fastmlp {ctx['fastmlp_version']} | {ctx['cpu']} ({ctx['cpu_id']}) | {ctx['isa']}, "
           f"{bench.threads_text(ctx['threads'])} | peak {ctx['peak_gflops']:.1f} GFLOP/s")
     for b in ctx["blas"]:
         print(f"NumPy BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
