@@ -263,6 +263,24 @@ cdef cnp.ndarray _gemm_operand(object x, str name, bint *trans, Py_ssize_t *ld):
     return np.ascontiguousarray(a)
 
 
+cdef struct _Product:
+    bint ta, tb                 # the transpose flags, after _gemm_operand
+    Py_ssize_t lda, ldb
+    Py_ssize_t M, N, K
+
+
+cdef int _product_shape(cnp.ndarray A, cnp.ndarray B, _Product *g, str who) except -1:
+    """M, N, K of op(A) @ op(B) into g; a ValueError naming who if the inner dimensions differ."""
+    g.M = cnp.PyArray_DIM(A, 1 if g.ta else 0)
+    g.K = cnp.PyArray_DIM(A, 0 if g.ta else 1)
+    g.N = cnp.PyArray_DIM(B, 0 if g.tb else 1)
+    cdef Py_ssize_t Kb = cnp.PyArray_DIM(B, 1 if g.tb else 0)
+    if g.K != Kb:
+        raise ValueError(f"{who}: inner dimensions differ: op(a) is ({g.M}, {g.K}) and op(b) is "
+                         f"({Kb}, {g.N})")
+    return 0
+
+
 def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
            negative_slope=0.01, alpha=1.0, beta=0.0, out=None, grad_activation=None, y=None,
            z=None):
@@ -280,15 +298,13 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
 
     Returns out (a new float32 (M, N) array if out is None).
     """
-    cdef bint ta = trans_a, tb = trans_b
-    cdef Py_ssize_t lda, ldb
-    cdef cnp.ndarray A = _gemm_operand(a, "a", &ta, &lda)
-    cdef cnp.ndarray B = _gemm_operand(b, "b", &tb, &ldb)
-    cdef Py_ssize_t M = cnp.PyArray_DIM(A, 1 if ta else 0), K = cnp.PyArray_DIM(A, 0 if ta else 1)
-    cdef Py_ssize_t Kb = cnp.PyArray_DIM(B, 1 if tb else 0), N = cnp.PyArray_DIM(B, 0 if tb else 1)
-    if K != Kb:
-        raise ValueError(f"matmul: inner dimensions differ: op(a) is ({M}, {K}) and op(b) is "
-                         f"({Kb}, {N})")
+    cdef _Product g
+    g.ta, g.tb = trans_a, trans_b
+    cdef cnp.ndarray A = _gemm_operand(a, "a", &g.ta, &g.lda)
+    cdef cnp.ndarray B = _gemm_operand(b, "b", &g.tb, &g.ldb)
+    _product_shape(A, B, &g, "matmul")
+    cdef bint ta = g.ta, tb = g.tb
+    cdef Py_ssize_t M = g.M, N = g.N, K = g.K, lda = g.lda, ldb = g.ldb
     cdef fm_epilogue ep
     ep.bias = NULL; ep.y = NULL; ep.z = NULL; ep.ldy = N; ep.ldz = N
     ep.act = _act_code(activation, "activation")
@@ -332,17 +348,13 @@ def matmul_plan(a, b, *, trans_a=False, trans_b=False):
     the narrow-N dot products), threads, split ("n" or "m": what the threads divide), pack_b,
     kc (the length of K's equal blocks; 0 on the dot path, which does not block K), mc, nc,
     a_floats and b_floats (scratch per thread)."""
-    cdef bint ta = trans_a, tb = trans_b
-    cdef Py_ssize_t lda, ldb
-    cdef cnp.ndarray A = _gemm_operand(a, "a", &ta, &lda)
-    cdef cnp.ndarray B = _gemm_operand(b, "b", &tb, &ldb)
-    cdef Py_ssize_t M = cnp.PyArray_DIM(A, 1 if ta else 0), K = cnp.PyArray_DIM(A, 0 if ta else 1)
-    cdef Py_ssize_t Kb = cnp.PyArray_DIM(B, 1 if tb else 0), N = cnp.PyArray_DIM(B, 0 if tb else 1)
-    if K != Kb:
-        raise ValueError(f"matmul_plan: inner dimensions differ: op(a) is ({M}, {K}) and op(b) "
-                         f"is ({Kb}, {N})")
+    cdef _Product g
+    g.ta, g.tb = trans_a, trans_b
+    cdef cnp.ndarray A = _gemm_operand(a, "a", &g.ta, &g.lda)
+    cdef cnp.ndarray B = _gemm_operand(b, "b", &g.tb, &g.ldb)
+    _product_shape(A, B, &g, "matmul_plan")
     cdef fm_matmul_plan p
-    fm_plan_matmul(ta, tb, M, N, K, lda, ldb, _threads(), &p)
+    fm_plan_matmul(g.ta, g.tb, g.M, g.N, g.K, g.lda, g.ldb, _threads(), &p)
     return dict(path=GEMM_PATHS[p.path], threads=p.threads, split="n" if p.split_n else "m",
                 pack_b=bool(p.pack_b), kc=p.kc, mc=p.mc, nc=p.nc, a_floats=p.a_floats,
                 b_floats=p.b_floats)
