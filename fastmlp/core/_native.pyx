@@ -1,5 +1,7 @@
 # cython: language_level=3
-"""Bindings of the C kernels (csrc/fastmlp.h): validate, release the GIL, call.
+"""Bindings of the C kernels (csrc/fastmlp.h): validate, release the GIL, call. The profiler's
+bindings (_profile.pxi) and the native training step (_train_step.pxi) are included here: one
+extension module, one copy of the C library's state.
 
 Design notes:
 a) Inputs must be float32 (integer labels excepted): a kernel never converts dtypes behind the
@@ -102,7 +104,7 @@ def set_isa(str name):
 
 def get_isa():
     """The name of the ISA path in use."""
-    return fm_isa_name(fm_get_isa()).decode()
+    return ISAS[fm_get_isa()]
 
 
 def gemm_blocks(str isa=None):
