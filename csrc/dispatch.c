@@ -65,19 +65,10 @@ int fm_set_blocks(int isa, int kc, int mc, int nc)
     return FM_OK;
 }
 
-/* Valid for every path, so a workspace survives a switch of ISA. */
-size_t fm_matmul_work_size(int nthreads)
-{
-    size_t most = 0;
-    for (int i = 0; i < FM_ISA_COUNT; i++) {
-        if (!tables[i]) continue;
-        size_t f = fm_gemm_thread_floats(tables[i]);
-        most = f > most ? f : most;
-    }
-    return most * (size_t)(nthreads > 0 ? nthreads : 1);
-}
-
 static inline const fm_kernels *cur(void) { return __atomic_load_n(&active, __ATOMIC_ACQUIRE); }
+
+/* Rule 3: a thread count, clamped to [1, FM_MAX_THREADS]. */
+static inline int threads(int n) { return n < 1 ? 1 : n > FM_MAX_THREADS ? FM_MAX_THREADS : n; }
 
 /* ---- Names (fastmlp.h): designated initializers tie each name to its enum value ---- */
 
@@ -209,17 +200,18 @@ int fm_profile_stop(fm_prof_entry *out, int capacity)
 int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                    ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan)
 {
-    return cur()->plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, plan);
+    return cur()->plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, threads(nthreads), plan);
 }
 
 int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
               const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C,
-              ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
+              ptrdiff_t ldc, const fm_epilogue *ep, float *work, size_t work_floats, int nthreads)
 {
     const fm_kernels *k = cur();
+    nthreads = threads(nthreads);
     if (!prof_on())
         return k->matmul(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, work,
-                         nthreads);
+                         work_floats, nthreads);
     fm_matmul_plan plan; /* the plan is pure: computing it again only to name the path */
     k->plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, &plan);
     prof_key key = {FM_K_MATMUL, ep ? ep->act : FM_ACT_IDENTITY,
@@ -233,7 +225,7 @@ int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, f
     int r;
     PROFILED(key, 2.0 * mn * (double)K, bytes,
              r = k->matmul(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep,
-                           work, nthreads));
+                           work, work_floats, nthreads));
     return r;
 }
 
@@ -243,7 +235,7 @@ void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *b
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_BIAS_ACTIVATION, act, 0, M, N);
     PROFILED(key, mn * ((bias != NULL) + (act != FM_ACT_IDENTITY)), F4 * (2 * mn + (bias ? N : 0)),
-             cur()->bias_activation(M, N, Z, bias, act, slope, Y, nthreads));
+             cur()->bias_activation(M, N, Z, bias, act, slope, Y, threads(nthreads)));
 }
 
 void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
@@ -252,14 +244,14 @@ void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const flo
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_ACTIVATION_BACKWARD, act, 0, M, N);
     PROFILED(key, mn * (act != FM_ACT_IDENTITY), F4 * mn * (2 + (Y != NULL) + (Z != NULL)),
-             cur()->activation_backward(M, N, dY, Y, Z, act, slope, dZ, nthreads));
+             cur()->activation_backward(M, N, dY, Y, Z, act, slope, dZ, threads(nthreads)));
 }
 
 void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
 {
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_BIAS_GRAD, FM_ACT_IDENTITY, 0, M, N);
-    PROFILED(key, mn, F4 * (mn + N), cur()->bias_grad(M, N, dZ, db, nthreads));
+    PROFILED(key, mn, F4 * (mn + N), cur()->bias_grad(M, N, dZ, db, threads(nthreads)));
 }
 
 int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
@@ -269,7 +261,7 @@ int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_SOFTMAX_CROSS_ENTROPY, FM_ACT_IDENTITY, 0, M, N);
     PROFILED(key, 4 * mn, F4 * (2 * mn + M + (w ? M : 0)),
-             r = cur()->softmax_cross_entropy(M, N, Z, labels, w, dZ, loss, nthreads));
+             r = cur()->softmax_cross_entropy(M, N, Z, labels, w, dZ, loss, threads(nthreads)));
     return r;
 }
 
@@ -280,7 +272,7 @@ int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const flo
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_SIGMOID_CROSS_ENTROPY, FM_ACT_IDENTITY, 0, M, N);
     PROFILED(key, 8 * mn, F4 * (3 * mn + (w ? M : 0)),
-             r = cur()->sigmoid_cross_entropy(M, N, Z, T, w, dZ, loss, nthreads));
+             r = cur()->sigmoid_cross_entropy(M, N, Z, T, w, dZ, loss, threads(nthreads)));
     return r;
 }
 
@@ -291,7 +283,7 @@ int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const 
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_MSE_LOSS, FM_ACT_IDENTITY, 0, M, N);
     PROFILED(key, 4 * mn, F4 * (3 * mn + (w ? M : 0)),
-             r = cur()->mse_loss(M, N, P, T, w, dP, loss, nthreads));
+             r = cur()->mse_loss(M, N, P, T, w, dP, loss, threads(nthreads)));
     return r;
 }
 
@@ -302,7 +294,7 @@ void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2,
     prof_key key = KEY(FM_K_SGD_UPDATE, FM_ACT_IDENTITY,
                        (with_mom ? FM_PROF_MOMENTUM : 0) | (nesterov ? FM_PROF_NESTEROV : 0), 0, n);
     PROFILED(key, (double)n * (with_mom ? 6 : 4), F4 * (double)n * (with_mom ? 5 : 3),
-             cur()->sgd_update(n, p, g, lr, l2, momentum, nesterov, vel, nthreads));
+             cur()->sgd_update(n, p, g, lr, l2, momentum, nesterov, vel, threads(nthreads)));
 }
 
 void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr,
@@ -310,7 +302,7 @@ void fm_rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double 
 {
     prof_key key = KEY(FM_K_RMSPROP_UPDATE, FM_ACT_IDENTITY, 0, 0, n);
     PROFILED(key, (double)n * 10, F4 * (double)n * 5,
-             cur()->rmsprop_update(n, p, g, sq, lr, rho, eps, l2, nthreads));
+             cur()->rmsprop_update(n, p, g, sq, lr, rho, eps, l2, threads(nthreads)));
 }
 
 void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
@@ -320,10 +312,10 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
     int flags = wd != 0.0 ? FM_PROF_WEIGHT_DECAY : 0;
     prof_key key = KEY(FM_K_ADAM_UPDATE, FM_ACT_IDENTITY, flags, 0, n);
     PROFILED(key, (double)n * 14, F4 * (double)n * 7,
-             cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, nthreads));
+             cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, threads(nthreads)));
 }
 
 double fm_measure_peak_gflops(double seconds, int nthreads)
 {
-    return cur()->measure_peak_gflops(seconds, nthreads > 0 ? nthreads : 1);
+    return cur()->measure_peak_gflops(seconds, threads(nthreads));
 }

@@ -7,8 +7,8 @@
  *  1. Sizes are ptrdiff_t and may be 0: a zero-sized problem writes nothing (GEMM with K = 0
  *     still applies beta and the epilogue).
  *  2. Leading dimensions are in elements and at least the row length.
- *  3. nthreads >= 1 is the most threads a kernel may use; it may use fewer for small problems
- *     (a tiny product does not wake every thread).
+ *  3. nthreads is the most threads a kernel may use, clamped to [1, FM_MAX_THREADS]; it may use
+ *     fewer for small problems (a tiny product does not wake every thread).
  *  4. Determinism: every output element is computed by one thread with an operation order that
  *     depends only on the problem's shapes, its transpose flags and the ISA in use, never on the
  *     thread count nor on which rows share the batch. Reductions (bias gradient, loss) run in a
@@ -29,6 +29,8 @@
 #define FM_OK 0
 #define FM_EINVAL (-1)
 #define FM_ENOMEM (-2)
+
+#define FM_MAX_THREADS 1024 /* rule 3; the Python layer's limit is lower (fastmlp.core.MAX_THREADS) */
 
 /* Activations. GELU is the tanh approximation (GPT-2 form), evaluated as x * sigmoid(2u) with
  * u = sqrt(2/pi) * (x + 0.044715 x^3): the same function, without the cancellation of 1 + tanh(u)
@@ -66,8 +68,9 @@ typedef struct {
 /* C[M,N] = epilogue(alpha * op(A)[M,K] @ op(B)[K,N] + beta * C), op(X) = X or X^T.
  * A: IN, stored [M,K] (lda) or, with trans_a, [K,M]. B: IN, stored [K,N] (ldb) or, with trans_b,
  * [N,K]. C: INOUT [M,N] (ldc); with beta == 0 C is not read (NaN in it does not propagate).
- * ep: IN or NULL. work: scratch of fm_matmul_work_size(nthreads) floats, or NULL to allocate per
- * call. The product runs as fm_plan_matmul decides. Summation order (rule 4): on the blocked
+ * ep: IN or NULL. work: scratch of work_floats floats; a product whose plan needs more (its
+ * work_floats), or work == NULL, allocates its own for the call. C must not overlap A, B, bias,
+ * y or z. The product runs as fm_plan_matmul decides. Summation order (rule 4): on the blocked
  * paths K is cut into the fewest blocks of at most the ISA's KC, all of one length but the last,
  * which may be shorter; each block's products are accumulated in k order with FMAs from zero,
  * and C = alpha*s0 + beta*C, C += alpha*s_b for the later blocks, then the epilogue. On the dot
@@ -77,8 +80,8 @@ typedef struct {
  * C = alpha*s + beta*C and the epilogue. Returns FM_OK or FM_ENOMEM. */
 int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
               const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
-              float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads);
-size_t fm_matmul_work_size(int nthreads);
+              float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, size_t work_floats,
+              int nthreads);
 
 /* How fm_matmul runs a product (its paths, in the order fm_plan_matmul tries them):
  *  FM_PATH_DOT         narrow N, A not transposed: dot products along k (N and K decide it,
@@ -99,6 +102,7 @@ typedef struct {
     int kc, mc, nc;      /* blocks: kc the length of K's equal blocks (0 on the dot path) */
     size_t a_floats;     /* per-thread scratch: packed A (blocked paths) */
     size_t b_floats;     /* per-thread scratch: packed B (blocked), B^T (dot; 0 when B^T is B) */
+    size_t work_floats;  /* the whole scratch of the product: its threads' buffers, aligned */
 } fm_matmul_plan;
 
 /* The plan of fm_matmul's product with these arguments on the active ISA (no data is read).

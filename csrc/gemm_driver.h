@@ -91,14 +91,16 @@ static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_
         gemm_range(g, lo, min_pd(hi, g->M), 0, g->N, apack, bpack);
 }
 
-/* The plan's threads run their shares. One thread runs its share directly: a libgomp region,
- * even of one thread, ends in a barrier that makes a futex system call (gemm_rules.md, "one
- * thread"). per_thread: each thread's floats of work (0: no scratch). */
-static int run_plan(const fm_matmul_plan *p, const gemm_args *g, float *work, size_t per_thread)
+/* The plan's threads run their shares, in work (work_floats floats) if it is large enough for
+ * the plan, else in scratch of its own (fastmlp.h: a workspace sized for other blocks or fewer
+ * threads is never overrun). One thread runs its share directly: a libgomp region, even of one
+ * thread, ends in a barrier that makes a futex system call (gemm_rules.md, "one thread"). */
+static int run_plan(const fm_matmul_plan *p, const gemm_args *g, float *work, size_t work_floats)
 {
+    size_t per_thread = plan_thread_floats(p);
     float *own = NULL;
-    if (per_thread && !work) {
-        own = malloc(per_thread * (size_t)p->threads * sizeof(float));
+    if (p->work_floats && (!work || work_floats < p->work_floats)) {
+        own = malloc(p->work_floats * sizeof(float));
         if (!own) return FM_ENOMEM;
         work = own;
     }
@@ -126,25 +128,17 @@ static int run_plan(const fm_matmul_plan *p, const gemm_args *g, float *work, si
 /* fm_matmul for this ISA (fastmlp.h): plan, then run. */
 static int matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
                   const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
-                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
+                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, size_t work_floats,
+                  int nthreads)
 {
     if (M <= 0 || N <= 0) return FM_OK;
     if (ep && !ep->bias && ep->act == FM_ACT_IDENTITY && ep->grad_act == FM_ACT_IDENTITY)
         ep = NULL; /* nothing to apply */
     fm_matmul_plan p;
     plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, &p);
-    if (p.path == FM_PATH_DOT) {
-        gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep};
-        /* The caller's work is sized for the blocked paths' buffers (fm_matmul_work_size):
-         * a B^T larger than that gets its own. */
-        size_t per_thread = p.b_floats ? p.b_floats + 16 : 0; /* align64 moves up to 15 */
-        if (per_thread > fm_gemm_thread_floats(&FM_TABLE)) work = NULL;
-        return run_plan(&p, &g, work, per_thread);
-    }
     if (p.path == FM_PATH_BLOCKED_CT)
         transpose_product(&trans_a, &trans_b, &M, &N, &A, &lda, &B, &ldb);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
                    p.kc, p.mc, p.nc, p.pack_b, p.path == FM_PATH_BLOCKED_CT};
-    /* each align64 in gemm_share moves up to 15 floats */
-    return run_plan(&p, &g, work, p.a_floats + p.b_floats + 32);
+    return run_plan(&p, &g, work, work_floats);
 }

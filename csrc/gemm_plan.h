@@ -107,6 +107,14 @@ static int split_n_of(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdif
     return split_n;
 }
 
+/* Scratch floats each thread of a plan uses: its packed A and B (blocked paths) or B^T (dot
+ * path), each moved up to 15 floats by align64 (gemm_driver.h). */
+static size_t plan_thread_floats(const fm_matmul_plan *p)
+{
+    if (p->path == FM_PATH_DOT) return p->b_floats ? p->b_floats + 16 : 0;
+    return p->a_floats + p->b_floats + 32;
+}
+
 /* fm_plan_matmul for this ISA (fastmlp.h). The blocks are read once, so a concurrent
  * fm_set_blocks cannot give a product two different KCs. */
 static int plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -124,6 +132,7 @@ static int plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdi
         p.kc = 0;
         p.b_floats = trans_b ? 0 : (size_t)(N * kp);
         p.threads = (int)gemm_threads(M, N, K, nthreads, M);
+        p.work_floats = (size_t)p.threads * plan_thread_floats(&p);
         *plan = p;
         return FM_OK;
     }
@@ -153,6 +162,7 @@ static int plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdi
     size_t kc = (size_t)min_pd(p.kc, K > 0 ? K : 1);
     p.a_floats = (size_t)((min_pd(p.mc, M) + FM_MR - 1) / FM_MR) * FM_MR * kc;
     p.b_floats = p.pack_b ? kc * (size_t)((min_pd(p.nc, N) + FM_NR - 1) / FM_NR) * FM_NR : 0;
+    p.work_floats = (size_t)p.threads * plan_thread_floats(&p);
     *plan = p;
     return FM_OK;
 }

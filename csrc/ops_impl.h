@@ -27,6 +27,7 @@ static inline int threads_for(ptrdiff_t work, int nthreads)
 static void bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
                             float slope, float *Y, int nthreads)
 {
+    if (M <= 0 || N <= 0) return; /* rule 1, without a loop over empty rows */
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
@@ -42,6 +43,7 @@ static void bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const floa
 static void activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
                                 const float *Z, int act, float slope, float *dZ, int nthreads)
 {
+    if (M <= 0 || N <= 0) return;
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
@@ -192,6 +194,10 @@ static int softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const
 static int sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
                                  const float *w, float *dZ, double *loss, int nthreads)
 {
+    if (M <= 0 || N <= 0) { /* no terms: without a loop over empty rows */
+        *loss = 0.0;
+        return FM_OK;
+    }
     loss_ctx c = {Z, T, w, NULL, dZ, M > 0 ? 1.0f / (float)M : 0.0f};
     *loss = M > 0 ? sum_rows(M, N, sigmoid_cross_entropy_row, &c, nthreads) / (double)M : 0.0;
     return FM_OK;

@@ -12,7 +12,8 @@ table are process state of the C library, and a second module would carry a seco
     training     TrainStep (forward / backward / update in native code), flat_params,
                  flat_buffer, dropout_mask, LOSSES, OPTIMIZERS
     machine      ISAS, supported_isas, get_isa, set_isa, gemm_blocks, set_gemm_blocks,
-                 get_num_threads, set_num_threads, measure_peak_gflops, info
+                 get_num_threads, set_num_threads, local_num_threads, MAX_THREADS,
+                 measure_peak_gflops, info
     twins        reference (pure NumPy, the test oracle), testing (comparison helpers)
 
 Everything above the core (model, io, estimators, tools) imports it; it imports none of them.
@@ -24,6 +25,7 @@ from ._native import (
     ISAS,
     KERNELS,
     LOSSES,
+    MAX_THREADS,
     OPTIMIZERS,
     TrainStep,
     activation_backward,
@@ -36,6 +38,7 @@ from ._native import (
     gemm_blocks,
     get_isa,
     get_num_threads,
+    local_num_threads,
     matmul,
     matmul_plan,
     measure_peak_gflops,
@@ -54,7 +57,8 @@ from .machine import info
 machine.configure()
 
 __all__ = [
-    "ACTIVATIONS", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "OPTIMIZERS", "TrainStep",
+    "ACTIVATIONS", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS", "OPTIMIZERS",
+    "TrainStep", "local_num_threads",
     "activation_backward", "adam_update", "bias_activation", "bias_grad", "dropout_mask",
     "flat_buffer", "flat_params", "gemm_blocks", "get_isa", "get_num_threads", "info", "matmul",
     "matmul_plan", "measure_peak_gflops", "mse_loss", "reference", "rmsprop_update",

@@ -51,7 +51,7 @@ cdef class TrainStep:
     cdef void *ybuf
     cdef float *wbuf
     cdef float *work
-    cdef int work_threads
+    cdef size_t work_floats
     cdef object _config
     # the batch of the last _load
     cdef ptrdiff_t M

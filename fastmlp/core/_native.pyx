@@ -17,6 +17,9 @@ d) Every error names the argument and what was expected. The C kernels trust the
 e) Thread count: resolved per call by _threads() (see fastmlp/core/machine.py for the policy) and
    passed explicitly to the kernel.
 """
+import math
+import os
+
 import numpy as np
 
 cimport numpy as cnp
@@ -44,40 +47,86 @@ if "unknown" in ACTIVATIONS + ISAS + GEMM_PATHS + KERNELS:
     raise ImportError("fastmlp's compiled core has an enum value without a name (csrc/dispatch.c)")
 
 # ---- threads -------------------------------------------------------------------------------------
+# One validator for every thread count (_thread_count); the count a call uses is, in order: the
+# calling Python thread's own (local_num_threads, what the estimators' n_threads sets), the
+# process-wide set_num_threads, else OpenMP's limit for the calling thread capped at the
+# physical cores. All are at most MAX_THREADS: more only oversubscribes the machine, and each
+# thread libgomp creates reserves a stack (with 1,000 of them a memory limit kills the process).
 
+cdef extern from *:
+    """
+    static __thread int fastmlp_local_threads; /* local_num_threads; 0: none */
+    """
+    int fastmlp_local_threads
+
+MAX_THREADS = min(FM_MAX_THREADS, max(64, 4 * (os.cpu_count() or 1)))
+cdef int _max_threads = MAX_THREADS
 cdef int _requested = 0      # set_num_threads; 0 = default policy
-cdef int _cap = 1            # physical cores, unless OMP_NUM_THREADS was set (then no cap)
+cdef int _cap = 1            # physical cores, unless OMP_NUM_THREADS was set (then MAX_THREADS)
 
 
 def _configure_threads(int cap):
     global _cap
-    _cap = cap if cap > 0 else 1 << 20
+    _cap = cap if 0 < cap < _max_threads else _max_threads
 
 
 cdef inline int _threads() noexcept nogil:
-    """Threads for the next kernel call: set_num_threads' value, else OpenMP's limit for the calling
-    thread (OMP_NUM_THREADS, threadpoolctl.threadpool_limits) capped at the physical cores."""
+    """Threads for the next kernel call (see above)."""
+    if fastmlp_local_threads > 0:
+        return fastmlp_local_threads
     if _requested > 0:
         return _requested
     cdef int n = omp_get_max_threads()
     return n if n < _cap else _cap
 
 
+cdef int _thread_count(object n, str name) except -1:
+    """n as a thread count: an integer in [1, MAX_THREADS], or a ValueError / TypeError naming
+    the argument."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer in [1, {MAX_THREADS}] or None, got {n!r}")
+    if not 1 <= n <= _max_threads:
+        raise ValueError(f"{name} must be in [1, {MAX_THREADS}] (MAX_THREADS: 4 per logical "
+                         f"CPU, at least 64), got {n}")
+    return int(n)
+
+
 def set_num_threads(n):
-    """Use n threads in every kernel from now on (n >= 1); None restores the default policy:
-    the number of physical cores, lowered by OMP_NUM_THREADS or threadpoolctl.threadpool_limits."""
+    """Use n threads in every kernel from now on, in every Python thread (1 <= n <= MAX_THREADS);
+    None restores the default policy: the number of physical cores, lowered by OMP_NUM_THREADS
+    or threadpoolctl.threadpool_limits."""
     global _requested
-    if n is None:
-        _requested = 0
-        return
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n_threads must be a positive integer or None, got {n!r}")
-    _requested = int(n)
+    _requested = 0 if n is None else _thread_count(n, "n_threads")
 
 
 def get_num_threads():
-    """The number of threads the next kernel call may use."""
+    """The number of threads the next kernel call from this Python thread may use."""
     return _threads()
+
+
+class local_num_threads:
+    """with local_num_threads(n): kernels called from this Python thread use n threads inside the
+    block (None: leave the setting as it is); other Python threads and the process-wide
+    set_num_threads are not touched, so concurrent fits with different n_threads do not change
+    each other's (the estimators' n_threads is this)."""
+
+    def __init__(self, n):
+        self.n = None if n is None else _thread_count(n, "n_threads")
+
+    def __enter__(self):
+        self.old = fastmlp_local_threads
+        if self.n is not None:
+            _set_local_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        _set_local_threads(self.old)
+        return False
+
+
+def _set_local_threads(int n):
+    global fastmlp_local_threads
+    fastmlp_local_threads = n
 
 # ---- ISA dispatch ----------------------------------------------------------------------------------
 
@@ -114,27 +163,53 @@ def gemm_blocks(str isa=None):
     return dict(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc)
 
 
-def set_gemm_blocks(str isa, int kc, int mc, int nc):
-    """Override the cache blocks of an ISA path (for tuning; FASTMLP_GEMM_KC/MC/NC at import).
-    Call it before creating any TrainStep: a TrainStep sizes its GEMM workspace once, for the
-    blocks in force then (fm_matmul_work_size)."""
-    if fm_set_blocks(_isa_index(isa), kc, mc, nc) != FM_OK:
-        raise ValueError(f"GEMM blocks out of range: kc={kc} (1..8192), mc={mc} (1..8192), "
-                         f"nc={nc} (1..65536)")
+def set_gemm_blocks(str isa, kc, mc, nc):
+    """Override the cache blocks of an ISA path (for tuning; FASTMLP_GEMM_KC/MC/NC at import):
+    kc and mc in [1, 8192], nc in [1, 65536]. Safe at any time: a product whose blocks need
+    more scratch than its caller's workspace (a TrainStep made before) allocates its own."""
+    cdef int k = _integer(kc, "kc", 1, 8192), m = _integer(mc, "mc", 1, 8192)
+    cdef int n = _integer(nc, "nc", 1, 65536)
+    if fm_set_blocks(_isa_index(isa), k, m, n) != FM_OK:
+        raise RuntimeError(f"the {isa!r} ISA path is not in this build")
 
 
-def measure_peak_gflops(double seconds=0.2, n_threads=None):
+def measure_peak_gflops(seconds=0.2, n_threads=None):
     """Measure the FMA peak of the ISA path in use: GFLOP/s of a timed loop of independent FMAs
-    on n_threads threads (default: get_num_threads())."""
-    cdef int nt = _threads() if n_threads is None else int(n_threads)
+    for seconds (0 < seconds <= 60) on n_threads threads (default: get_num_threads())."""
+    cdef double secs = _real(seconds, "seconds", 0.0, 60.0, True)
+    cdef int nt = _threads() if n_threads is None else _thread_count(n_threads, "n_threads")
     cdef double r
     with nogil:
-        r = fm_measure_peak_gflops(seconds, nt)
+        r = fm_measure_peak_gflops(secs, nt)
     return r
 
 # ---- validation helpers ----------------------------------------------------------------------------
 # They read arrays through NumPy's C API: x.dtype, x.shape or x.flags each build Python objects,
-# which cost more than a small kernel call itself.
+# which cost more than a small kernel call itself. Scalars go through _real / _integer, so a
+# wrong one is an error naming it (not Cython's bare "must be real number, not str") and a NaN or
+# infinite hyperparameter never reaches a kernel.
+
+
+cdef double _real(object x, str name, double lo=-math.inf, double hi=math.inf,
+                  bint open_low=False, bint open_high=False) except? -1.0:
+    """x as a finite float in [lo, hi] (open at an end on request), or an error naming it."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    cdef double v = float(x)
+    if not (math.isfinite(v) and (v > lo if open_low else v >= lo)
+            and (v < hi if open_high else v <= hi)):
+        interval = f"{'(' if open_low else '['}{lo:g}, {hi:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {x!r}")
+    return v
+
+
+cdef Py_ssize_t _integer(object x, str name, Py_ssize_t lo, Py_ssize_t hi) except? -1:
+    """x as an integer in [lo, hi], or an error naming it."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__} {x!r}")
+    if not lo <= x <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {x}")
+    return int(x)
 
 
 cdef cnp.ndarray _check_f32(object x, str name, int ndim):
@@ -241,6 +316,40 @@ cdef bint _overlap(cnp.ndarray x, cnp.ndarray y) noexcept:
     return x0 < x1 and y0 < y1 and x0 < y1 and y0 < x1
 
 
+cdef bint _same(cnp.ndarray x, cnp.ndarray y) noexcept:
+    """x and y are the same memory seen the same way (an in-place call)."""
+    cdef int i
+    if (cnp.PyArray_DATA(x) != cnp.PyArray_DATA(y) or cnp.PyArray_NDIM(x) != cnp.PyArray_NDIM(y)
+            or cnp.PyArray_TYPE(x) != cnp.PyArray_TYPE(y)):
+        return False
+    for i in range(cnp.PyArray_NDIM(x)):
+        if (cnp.PyArray_DIM(x, i) != cnp.PyArray_DIM(y, i)
+                or cnp.PyArray_STRIDE(x, i) != cnp.PyArray_STRIDE(y, i)):
+            return False
+    return True
+
+
+cdef int _no_overlap(str who, cnp.ndarray out, str out_name, tuple inputs,
+                     cnp.ndarray same_ok=None) except -1:
+    """Refuse an array a kernel writes (out) that overlaps one it reads: inputs is a tuple of
+    (array or None, name), the arrays as the kernel gets them (a copy made on the way aliases
+    nothing). same_ok: the input the contract lets out be exactly, for an in-place call (an
+    elementwise kernel reads each element before it writes it)."""
+    cdef cnp.ndarray x
+    for arr, name in inputs:
+        if arr is None:
+            continue
+        x = <cnp.ndarray>arr
+        if same_ok is not None and x is same_ok and _same(out, x):
+            continue
+        if _overlap(out, x):
+            allowed = (f" (it may be {name} itself, for an in-place call)"
+                       if same_ok is not None and x is same_ok else "")
+            raise ValueError(f"{who}: {out_name} must not overlap {name}{allowed}: the kernel "
+                             f"would read values it has already overwritten")
+    return 0
+
+
 cdef cnp.ndarray _gemm_operand(object x, str name, bint *trans, Py_ssize_t *ld):
     """Return an array whose rows are contiguous, flipping *trans for a Fortran-ordered matrix
     (note b); *ld receives its leading dimension in elements."""
@@ -311,13 +420,12 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
     ep.bias = NULL; ep.y = NULL; ep.z = NULL; ep.ldy = N; ep.ldz = N
     ep.act = _act_code(activation, "activation")
     ep.grad_act = _act_code(grad_activation, "grad_activation")
-    ep.slope = negative_slope
+    ep.slope = _real(negative_slope, "negative_slope")
+    cdef float al = _real(alpha, "alpha"), be = _real(beta, "beta")
     if ep.grad_act != FM_ACT_IDENTITY and (ep.act != FM_ACT_IDENTITY or bias is not None):
         raise ValueError("matmul: grad_activation cannot be combined with activation or bias")
-    if beta != 0 and out is None:
+    if be != 0 and out is None:
         raise ValueError("matmul: beta != 0 needs out (its initial contents are scaled by beta)")
-    if cnp.PyArray_Check(out) and (_overlap(<cnp.ndarray>out, A) or _overlap(<cnp.ndarray>out, B)):
-        raise ValueError("matmul: out must not overlap a or b")
     cdef cnp.ndarray C = _output(out, "out", (M, N))
     if bias is not None:
         bias = _input_shaped(bias, "bias", (N,))
@@ -333,11 +441,12 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
                              "activation's output")
         y = _input_shaped(y, "y", (M, N))
         ep.y = _ptr(y)
-    cdef float al = alpha, be = beta
+    # C is written block by block over K while A, B (and, on the last block, bias, y, z) are read
+    _no_overlap("matmul", C, "out", ((A, "a"), (B, "b"), (bias, "bias"), (y, "y"), (z, "z")))
     cdef int status, nt = _threads()
     with nogil:
         status = fm_matmul(ta, tb, M, N, K, al, _ptr(A), lda, _ptr(B), ldb, be, _ptr(C),
-                          N if N > 0 else 1, &ep, NULL, nt)
+                           N if N > 0 else 1, &ep, NULL, 0, nt)
     if status == FM_ENOMEM:
         raise MemoryError("matmul: could not allocate the packing buffers")
     return C
@@ -376,7 +485,9 @@ def bias_activation(z, bias=None, activation="identity", *, negative_slope=0.01,
     if bias is not None:
         bias = _input_shaped(bias, "bias", (N,))
         pb = _ptr(bias)
-    cdef float s = negative_slope
+    cdef float s = _real(negative_slope, "negative_slope")
+    # elementwise: out may be z itself; bias is read for every row
+    _no_overlap("bias_activation", O, "out", ((Z, "z"), (bias, "bias")), same_ok=Z)
     cdef int nt = _threads()
     with nogil:
         fm_bias_activation(M, N, _ptr(Z), pb, act, s, _ptr(O), nt)
@@ -404,7 +515,8 @@ def activation_backward(dy, activation, *, y=None, z=None, negative_slope=0.01, 
         y = _input_shaped(y, "y", (M, N))
         py = _ptr(y)
     cdef cnp.ndarray O = _output(out, "out", (M, N))
-    cdef float s = negative_slope
+    cdef float s = _real(negative_slope, "negative_slope")
+    _no_overlap("activation_backward", O, "out", ((D, "dy"), (y, "y"), (z, "z")), same_ok=D)
     cdef int nt = _threads()
     with nogil:
         fm_activation_backward(M, N, _ptr(D), py, pz, act, s, _ptr(O), nt)
@@ -416,6 +528,7 @@ def bias_grad(dz, out=None):
     cdef cnp.ndarray D = _input(dz, "dz", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(D, 0), N = cnp.PyArray_DIM(D, 1)
     cdef cnp.ndarray O = _output(out, "out", (N,))
+    _no_overlap("bias_grad", O, "out", ((D, "dz"),))
     cdef int nt = _threads()
     with nogil:
         fm_bias_grad(M, N, _ptr(D), _ptr(O), nt)
@@ -446,23 +559,29 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
     cdef cnp.ndarray lab = np.ascontiguousarray(labels, dtype=np.int32)
     cdef cnp.ndarray w = _weights(sample_weight, M)
     cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N))
+    # a row's gradient is written after the row is read: grad_out may be logits itself
+    _no_overlap("softmax_cross_entropy", G, "grad_out",
+                ((Z, "logits"), (lab, "labels"), (w, "sample_weight")), same_ok=Z)
     cdef double loss = 0
     cdef int status, nt = _threads()
     with nogil:
-        status = fm_softmax_cross_entropy(M, N, _ptr(Z), <const int32_t *>_ptr(lab), _ptr(w), _ptr(G),
-                                 &loss, nt)
+        status = fm_softmax_cross_entropy(M, N, _ptr(Z), <const int32_t *>_ptr(lab), _ptr(w),
+                                          _ptr(G), &loss, nt)
     if status != FM_OK:
         raise ValueError(f"labels must be in [0, {N})")
     return loss, G
 
 
 cdef tuple _pair_loss(str kind, object pred, object target, object sample_weight, object grad_out):
-    cdef bint sig = kind == "sigmoid"
+    cdef bint sig = kind == "sigmoid_cross_entropy"
     cdef cnp.ndarray P = _input(pred, "logits" if sig else "pred", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(P, 0), N = cnp.PyArray_DIM(P, 1)
     cdef cnp.ndarray T = _input_shaped(target, "targets" if sig else "target", (M, N))
     cdef cnp.ndarray w = _weights(sample_weight, M)
     cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N))
+    _no_overlap(kind, G, "grad_out", ((P, "logits" if sig else "pred"),
+                                      (T, "targets" if sig else "target"), (w, "sample_weight")),
+                same_ok=P)
     cdef double loss = 0
     cdef int nt = _threads()
     with nogil:
@@ -480,7 +599,7 @@ def sigmoid_cross_entropy(logits, targets, sample_weight=None, *, grad_out=None)
     Returns (loss, grad): loss = (1/M) sum_i w_i sum_j (max(z,0) - z t + log1p(exp(-|z|))),
     grad = w_i (sigmoid(z) - t) / M.
     """
-    return _pair_loss("sigmoid", logits, targets, sample_weight, grad_out)
+    return _pair_loss("sigmoid_cross_entropy", logits, targets, sample_weight, grad_out)
 
 
 def mse_loss(pred, target, sample_weight=None, *, grad_out=None):
@@ -489,9 +608,29 @@ def mse_loss(pred, target, sample_weight=None, *, grad_out=None):
     pred, target: float32 (M, N); sample_weight: float32 (M,) or None.
     Returns (loss, grad): loss = (1/(M N)) sum_i w_i sum_j (p - t)^2 / 2, grad = w_i (p - t)/(M N).
     """
-    return _pair_loss("mse", pred, target, sample_weight, grad_out)
+    return _pair_loss("mse_loss", pred, target, sample_weight, grad_out)
 
 # ---- optimizers -------------------------------------------------------------------------------------
+# The hyperparameters' ranges, checked where they enter the native layer (here and in TrainStep):
+# NaN, inf or an out-of-range value would write garbage into every parameter without a loss to
+# show it (a beta of 1 divides by zero in Adam's bias correction).
+
+
+cdef double _lr(object x) except? -1.0:
+    return _real(x, "lr", 0.0)
+
+
+cdef double _momentum(object x) except? -1.0:
+    return _real(x, "momentum", 0.0, 1.0)
+
+
+cdef double _decay_rate(object x, str name) except? -1.0:
+    """rho, beta1, beta2: in [0, 1)."""
+    return _real(x, name, 0.0, 1.0, False, True)
+
+
+cdef double _eps(object x) except? -1.0:
+    return _real(x, "eps", 0.0, math.inf, True)
 
 
 cdef cnp.ndarray _state(object x, str name, tuple shape):
@@ -509,19 +648,32 @@ cdef tuple _param_grad(object param, object grad):
     return shape, _output(param, "param", shape), _input_shaped(grad, "grad", shape)
 
 
+cdef int _distinct(str who, tuple written, tuple read) except -1:
+    """Every array an optimizer writes must overlap no other array of its call: one pass reads
+    param, grad and state element by element while it writes param and state (m is v, or a state
+    aliasing param, would mix them)."""
+    cdef Py_ssize_t i
+    for i in range(len(written)):
+        if written[i][0] is not None:
+            _no_overlap(who, written[i][0], written[i][1], written[i + 1:] + read)
+    return 0
+
+
 def sgd_update(param, grad, *, lr, l2=0.0, momentum=0.0, nesterov=False, velocity=None):
     """SGD step in place (scikit-learn's momentum form). g = grad + l2 * param; momentum == 0:
     param -= lr g; else velocity = momentum velocity - lr g and param += velocity (or, Nesterov,
-    param += momentum velocity - lr g). velocity: float32 like param, needed when momentum != 0."""
+    param += momentum velocity - lr g). velocity: float32 like param, needed when momentum != 0.
+    lr, l2 >= 0 and momentum in [0, 1], finite."""
+    cdef double lr_ = _lr(lr), l2_ = _real(l2, "l2", 0.0), mom = _momentum(momentum)
     cdef cnp.ndarray p, g, vel = None
     shape, p, g = _param_grad(param, grad)
-    if momentum != 0:
+    if mom != 0:
         if velocity is None:
             raise ValueError("sgd_update: momentum != 0 needs velocity (float32, like param)")
         vel = _state(velocity, "velocity", shape)
+    _distinct("sgd_update", ((p, "param"), (vel, "velocity")), ((g, "grad"),))
     cdef Py_ssize_t n = cnp.PyArray_SIZE(p)
-    cdef double lr_ = lr, l2_ = l2, mom = momentum
-    cdef bint nest = nesterov
+    cdef bint nest = bool(nesterov)
     cdef int nt = _threads()
     if n:
         with nogil:
@@ -530,12 +682,14 @@ def sgd_update(param, grad, *, lr, l2=0.0, momentum=0.0, nesterov=False, velocit
 
 def rmsprop_update(param, grad, square_avg, *, lr, rho=0.9, eps=1e-8, l2=0.0):
     """RMSProp step in place: g = grad + l2 param; square_avg = rho square_avg + (1-rho) g^2;
-    param -= lr g / (sqrt(square_avg) + eps)."""
+    param -= lr g / (sqrt(square_avg) + eps). lr, l2 >= 0, rho in [0, 1), eps > 0, finite."""
+    cdef double lr_ = _lr(lr), rho_ = _decay_rate(rho, "rho"), eps_ = _eps(eps)
+    cdef double l2_ = _real(l2, "l2", 0.0)
     cdef cnp.ndarray p, g
     shape, p, g = _param_grad(param, grad)
     cdef cnp.ndarray sq = _state(square_avg, "square_avg", shape)
+    _distinct("rmsprop_update", ((p, "param"), (sq, "square_avg")), ((g, "grad"),))
     cdef Py_ssize_t n = cnp.PyArray_SIZE(p)
-    cdef double lr_ = lr, rho_ = rho, eps_ = eps, l2_ = l2
     cdef int nt = _threads()
     if n:
         with nogil:
@@ -547,19 +701,22 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
     """Adam step in place (AdamW when weight_decay > 0). g = grad + l2 param;
     m = beta1 m + (1-beta1) g; v = beta2 v + (1-beta2) g^2;
     lr_t = lr sqrt(1-beta2^step) / (1-beta1^step);
-    param = param (1 - lr weight_decay) - lr_t m / (sqrt(v) + eps). step counts from 1."""
-    if not isinstance(step, (int, np.integer)) or step < 1:
-        raise ValueError(f"adam_update: step must be an integer >= 1, got {step!r}")
+    param = param (1 - lr weight_decay) - lr_t m / (sqrt(v) + eps). step counts from 1.
+    lr, l2, weight_decay >= 0, beta1 and beta2 in [0, 1), eps > 0, finite."""
+    cdef long t = _integer(step, "step", 1, 2**62)
+    cdef double lr_ = _lr(lr), b1 = _decay_rate(beta1, "beta1"), b2 = _decay_rate(beta2, "beta2")
+    cdef double eps_ = _eps(eps), l2_ = _real(l2, "l2", 0.0)
+    cdef double wd = _real(weight_decay, "weight_decay", 0.0)
     cdef cnp.ndarray p, g
     shape, p, g = _param_grad(param, grad)
     cdef cnp.ndarray m1 = _state(m, "m", shape), m2 = _state(v, "v", shape)
+    _distinct("adam_update", ((p, "param"), (m1, "m"), (m2, "v")), ((g, "grad"),))
     cdef Py_ssize_t n = cnp.PyArray_SIZE(p)
-    cdef long t = step
-    cdef double lr_ = lr, b1 = beta1, b2 = beta2, eps_ = eps, l2_ = l2, wd = weight_decay
     cdef int nt = _threads()
     if n:
         with nogil:
-            fm_adam_update(n, _ptr(p), _ptr(g), _ptr(m1), _ptr(m2), t, lr_, b1, b2, eps_, l2_, wd, nt)
+            fm_adam_update(n, _ptr(p), _ptr(g), _ptr(m1), _ptr(m2), t, lr_, b1, b2, eps_, l2_, wd,
+                           nt)
 
 
 include "_profile.pxi"

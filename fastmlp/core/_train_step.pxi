@@ -198,18 +198,25 @@ cdef class TrainStep:
                              f"{len(activations)}")
         for a in activations:
             _act_code(a, "activations")
-        if loss not in LOSSES:
+        if not isinstance(loss, str) or loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if optimizer not in OPTIMIZERS:
+        if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
-        dropout = tuple(float(p) for p in dropout) if dropout is not None else (0.0,) * (L - 1)
-        if len(dropout) != L - 1 or not all(0.0 <= p < 1.0 for p in dropout):
+        max_batch = _integer(max_batch, "max_batch", 1, 2**31 - 1)
+        if dropout is None:
+            dropout = (0.0,) * (L - 1)
+        if isinstance(dropout, (str, bytes)) or not hasattr(dropout, "__len__") \
+                or len(dropout) != L - 1:
             raise ValueError(f"dropout: need one rate in [0, 1) per hidden layer ({L - 1}), got "
-                             f"{dropout}")
-        if alpha < 0 or weight_decay < 0:
-            raise ValueError("alpha and weight_decay must be >= 0")
+                             f"{dropout!r}")
+        dropout = tuple(_real(p, "dropout", 0.0, 1.0, False, True) for p in dropout)
+        # the hyperparameters' ranges (see the optimizers' bindings)
+        momentum, beta1, beta2 = _momentum(momentum), _decay_rate(beta1, "beta1"), \
+            _decay_rate(beta2, "beta2")
+        rho, eps = _decay_rate(rho, "rho"), _eps(eps)
+        weight_decay, alpha = _real(weight_decay, "weight_decay", 0.0), _real(alpha, "alpha", 0.0)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
         n_prev = None
         for l in range(L):
             W, b = params[2 * l], params[2 * l + 1]
@@ -278,26 +285,51 @@ cdef class TrainStep:
                 ly.keep = <uint64_t>round((1.0 - dropout[l]) * (1 << 24))
                 ly.scale = 1.0 / (1.0 - dropout[l])
         n_out_last = self.layers[L - 1].n_out
-        self._xbuf = np.empty((max_batch, self.layers[0].n_in), np.float32)
-        self._ybuf = (np.empty(max_batch, np.int32)
+        self._xbuf = self._array((max_batch, self.layers[0].n_in), np.float32)
+        self._ybuf = (self._array((max_batch,), np.int32)
                       if self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY
-                      else np.empty((max_batch, n_out_last), np.float32))
-        self._wbuf = np.empty(max_batch, np.float32)
+                      else self._array((max_batch, n_out_last), np.float32))
+        self._wbuf = self._array((max_batch,), np.float32)
         self.xbuf, self.wbuf = _data(self._xbuf), _data(self._wbuf)
         self.ybuf = cnp.PyArray_DATA(<cnp.ndarray>self._ybuf)
-        self.work_threads = 0
+        self.work, self.work_floats = NULL, 0
         self._ensure_work(_threads())
 
+    def _array(self, shape, dtype):
+        """A zeroed buffer of this step, or a MemoryError naming max_batch."""
+        try:
+            return np.zeros(shape, dtype)
+        except (MemoryError, ValueError):
+            raise MemoryError(f"TrainStep: the buffers for max_batch={self.max_batch} do not fit "
+                              f"in memory (one of them: {shape}, {np.dtype(dtype).name})") from None
+
     cdef float *_buffer(self, Py_ssize_t n) except NULL:
-        a = np.zeros(n, np.float32)
+        a = self._array((n,), np.float32)
         self._buffers.append(a)
         return _data(a)
 
     cdef int _ensure_work(self, int nthreads) except -1:
-        if nthreads > self.work_threads:
-            self._work = np.empty(max(<Py_ssize_t>fm_matmul_work_size(nthreads), 1), np.float32)
-            self.work = _data(self._work)
-            self.work_threads = nthreads
+        """A GEMM workspace for nthreads threads, sized from the plans of this network's
+        products at max_batch (the largest a batch needs; fm_matmul allocates for itself in the
+        rare call that needs more, after set_gemm_blocks, say, so nothing is ever overrun)."""
+        cdef size_t need = 0
+        cdef fm_matmul_plan p
+        cdef _Layer *ly
+        cdef int l
+        cdef ptrdiff_t M = self.max_batch
+        for l in range(self.n_layers):
+            ly = &self.layers[l]
+            fm_plan_matmul(0, 0, M, ly.n_out, ly.n_in, ly.n_in, ly.n_out, nthreads, &p)
+            need = max(need, p.work_floats)
+            fm_plan_matmul(1, 0, ly.n_in, ly.n_out, M, ly.n_in, ly.n_out, nthreads, &p)
+            need = max(need, p.work_floats)
+            if l > 0:
+                fm_plan_matmul(0, 1, M, self.layers[l - 1].n_out, ly.n_out, ly.n_out, ly.n_out,
+                               nthreads, &p)
+                need = max(need, p.work_floats)
+        if need > self.work_floats:
+            self._work = np.empty(need, np.float32)
+            self.work, self.work_floats = _data(self._work), need
         return 0
 
     def __reduce__(self):
@@ -406,7 +438,8 @@ cdef class TrainStep:
             if ly.Z != NULL:
                 ep.act = FM_ACT_IDENTITY
             status = fm_matmul(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out, 0.0,
-                               ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work, nt)
+                               ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work,
+                               self.work_floats, nt)
             if status != FM_OK:
                 return status
             if ly.Z != NULL:
@@ -450,7 +483,7 @@ cdef class TrainStep:
             ly = &self.layers[l]
             inp = self.X if l == 0 else self.layers[l - 1].A
             status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D, ly.n_out, 0.0,
-                               ly.dW, ly.n_out, NULL, self.work, nt)
+                               ly.dW, ly.n_out, NULL, self.work, self.work_floats, nt)
             if status != FM_OK:
                 return status
             fm_bias_grad(M, ly.n_out, ly.D, ly.db, nt)
@@ -460,7 +493,8 @@ cdef class TrainStep:
                 ep.bias = NULL; ep.act = FM_ACT_IDENTITY; ep.grad_act = prev.act; ep.slope = 0.01
                 ep.y = prev.Y; ep.ldy = prev.n_out; ep.z = prev.Z; ep.ldz = prev.n_out
                 status = fm_matmul(0, 1, M, prev.n_out, ly.n_out, 1.0, ly.D, ly.n_out, ly.W,
-                                   ly.n_out, 0.0, prev.D, prev.n_out, &ep, self.work, nt)
+                                   ly.n_out, 0.0, prev.D, prev.n_out, &ep, self.work,
+                                   self.work_floats, nt)
                 if status != FM_OK:
                     return status
                 if prev.mask != NULL:
@@ -550,7 +584,7 @@ cdef class TrainStep:
         """One optimizer step with flat_grads at learning rate lr (t counts it)."""
         if self.phase != _PHASE_BACKWARD:
             raise RuntimeError("update needs a backward since the last update")
-        cdef double lr_ = lr
+        cdef double lr_ = _lr(lr)
         cdef int nt = _threads()
         with nogil:
             self._update(lr_, nt)
@@ -565,7 +599,7 @@ cdef class TrainStep:
         self._validate(X, y, sample_weight, index, &inp)
         cdef int nt = _threads()
         self._ensure_work(nt)
-        cdef double lr_ = lr, loss = 0
+        cdef double lr_ = _lr(lr), loss = 0
         cdef int status
         with nogil:
             self._load(&inp, nt)
@@ -592,29 +626,29 @@ def _rebuild_train_step(args, config, t, state):
     return step
 
 
-def dropout_mask(Py_ssize_t n_rows, Py_ssize_t n_cols, double p, seed, long step, int layer):
+def dropout_mask(n_rows, n_cols, p, seed, step, layer):
     """The inverted-dropout mask TrainStep uses: float32 (n_rows, n_cols) of 0 and 1 / (1 - p),
     a pure function of (seed, step, layer, element) (note i). step: updates done before this one
     (TrainStep.t); layer: the hidden layer's index from 0."""
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout rate must be in [0, 1), got {p}")
-    mask = np.empty((n_rows, n_cols), np.float32)
-    ones = np.ones((n_rows, n_cols), np.float32)
+    n_rows, n_cols = _integer(n_rows, "n_rows", 0, 2**40), _integer(n_cols, "n_cols", 0, 2**40)
+    p = _real(p, "p", 0.0, 1.0, False, True)
+    step, layer = _integer(step, "step", 0, 2**47), _integer(layer, "layer", 0, 2**16 - 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+    try:
+        mask = np.empty((n_rows, n_cols), np.float32)
+        ones = np.ones((n_rows, n_cols), np.float32)
+    except (MemoryError, ValueError):
+        raise MemoryError(f"dropout_mask: a ({n_rows}, {n_cols}) mask does not fit in memory") \
+            from None
     cdef uint64_t s = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
     cdef uint64_t key = _dropout_key(s, <uint64_t>step, <uint64_t>layer)
     cdef uint64_t keep = <uint64_t>round((1.0 - p) * (1 << 24))
     cdef float scale = 1.0 / (1.0 - p)
     cdef float *m_p = _data(mask)
     cdef float *o_p = _data(ones)
-    if mask.size:
+    cdef ptrdiff_t count = mask.size
+    if count:
         with nogil:
-            _dropout_forward(n_rows * n_cols, o_p, m_p, o_p, keep, scale, key)
+            _dropout_forward(count, o_p, m_p, o_p, keep, scale, key)
     return mask
-
-
-def _swap_num_threads(n):
-    """Set the thread count like set_num_threads(n) (None: default policy) and return the
-    previous setting, so a caller can restore it exactly (the estimators' n_threads)."""
-    old = _requested if _requested > 0 else None
-    set_num_threads(n)
-    return old

@@ -9,6 +9,7 @@ cdef extern from "fastmlp.h" nogil:
         FM_OK
         FM_EINVAL
         FM_ENOMEM
+        FM_MAX_THREADS
 
     enum:
         FM_ACT_IDENTITY
@@ -70,6 +71,7 @@ cdef extern from "fastmlp.h" nogil:
         int kc, mc, nc
         size_t a_floats
         size_t b_floats
+        size_t work_floats
 
     ctypedef struct fm_prof_entry:
         int kernel
@@ -84,8 +86,8 @@ cdef extern from "fastmlp.h" nogil:
     # GEMM
     int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha,
                   const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta,
-                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work, int nthreads)
-    size_t fm_matmul_work_size(int nthreads)
+                  float *C, ptrdiff_t ldc, const fm_epilogue *ep, float *work,
+                  size_t work_floats, int nthreads)
     int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan)
 

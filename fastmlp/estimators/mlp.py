@@ -38,29 +38,14 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
                       "pip install 'fastmlp[sklearn]' (or pip install scikit-learn)") from e
 
 from .. import io
-from ..core import ACTIVATIONS, TrainStep, flat_buffer, flat_params, matmul, set_num_threads
-from ..core._native import _swap_num_threads
+from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, flat_buffer, flat_params,
+                    local_num_threads, matmul)
 from ..model import init_params, optim
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 SOLVERS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop"}
 SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
-
-
-class _NumThreads:
-    """Run a block with fastmlp's thread count set to n (None: leave it), then restore it."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        if self.n is not None:
-            self.old = _swap_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        if self.n is not None:
-            set_num_threads(self.old)
 
 
 class _BaseMLP(BaseEstimator):
@@ -146,8 +131,9 @@ class _BaseMLP(BaseEstimator):
         if len(drop) != len(sizes) or not all(0 <= p < 1 for p in drop):
             bad("dropout", "a rate in [0, 1) or one per hidden layer")
         if not (self.n_threads is None or (isinstance(self.n_threads, (int, np.integer))
-                                           and self.n_threads >= 1)):
-            bad("n_threads", "None or a positive int")
+                                           and not isinstance(self.n_threads, bool)
+                                           and 1 <= self.n_threads <= MAX_THREADS)):
+            bad("n_threads", f"None or an int in [1, {MAX_THREADS}]")
         if self.callback is not None and not callable(self.callback):
             bad("callback", "None or a callable")
         return [int(s) for s in sizes], acts, [float(p) for p in drop]
@@ -213,7 +199,7 @@ class _BaseMLP(BaseEstimator):
             batch = int(np.clip(self.batch_size, 1, n))
         step = self._train_step(acts, drop, batch, seed, incremental)
         schedule = self._schedule(incremental, n)
-        with _NumThreads(self.n_threads):
+        with local_num_threads(self.n_threads):
             self._epochs(step, schedule, X_train, t_train, w_train, X_val, y_val, batch, rng,
                          incremental)
         return self
@@ -393,7 +379,7 @@ class _BaseMLP(BaseEstimator):
         acts = [self.activation] * (len(self.coefs_) - 1) if isinstance(self.activation, str) \
             else list(self.activation)
         a = X
-        with _NumThreads(self.n_threads):
+        with local_num_threads(self.n_threads):
             for l, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
                 last = l == len(self.coefs_) - 1
                 act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
