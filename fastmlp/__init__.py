@@ -56,14 +56,23 @@ _ESTIMATORS = ("MLPClassifier", "MLPRegressor")
 def load(path, *, max_bytes=io.MAX_BYTES):
     """Read a model written by save(): a fastmlp.MLP, MLPClassifier or MLPRegressor.
 
-    Never executes code from the file. Raises ModelFileError (a ValueError) if the file is
-    truncated, corrupt, tampered with, or describes an invalid model."""
+    path: a file path, a file descriptor or a binary file object (the last two are read from
+    where they stand and left open); at most max_bytes are read. Never executes code from the
+    file. Raises ModelFileError (a ValueError) if the file is truncated, corrupt, tampered with,
+    or describes an invalid model."""
     f = io.read_model(path, ("MLP",) + _ESTIMATORS, max_bytes=max_bytes)
-    if f.kind == "MLP":
-        return MLP._from_file(f)
-    # optional dependency (scikit-learn): imported lazily, on purpose, only for an estimator
-    from . import estimators
-    return getattr(estimators, f.kind)._from_file(f)
+    try:
+        if f.kind == "MLP":
+            return MLP._from_file(f)
+        # optional dependency (scikit-learn): imported lazily, on purpose, only for an estimator
+        from . import estimators
+        return getattr(estimators, f.kind)._from_file(f)
+    except io.ModelFileError:
+        raise
+    except (ArithmeticError, AttributeError, LookupError, RecursionError, TypeError,
+            ValueError) as e:
+        # what a kind's own checks let through is still the file's fault, and said so
+        f.fail(f"invalid {f.kind}: {type(e).__name__}: {e}")
 
 
 def __getattr__(name):

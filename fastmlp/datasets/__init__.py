@@ -93,6 +93,11 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # the size a corrupt or hostile header claims.
 _CHUNK = 1 << 22
 
+# The largest array read_idx (and load_npz, per array) accepts by default, and the most
+# dimensions an IDX header may declare (NumPy's own limit is 32 or more).
+DEFAULT_MAX_BYTES = 1 << 30
+_MAX_IDX_DIMS = 32
+
 # Seconds a download may stall (per socket operation) before it is abandoned.
 _DOWNLOAD_TIMEOUT = 60
 
@@ -106,13 +111,17 @@ class DatasetError(ValueError):
 # --------------------------------------------------------------------------------------- IDX
 
 
-def read_idx(source):
+def read_idx(source, *, max_bytes=DEFAULT_MAX_BYTES):
     """Read an IDX file, the format of the MNIST distribution.
 
     Parameters
     ----------
-    source : str, os.PathLike or binary file object
+    source : str, os.PathLike, file descriptor or binary file object
         The file. Gzip compression is recognised by its magic bytes (1f 8b), whatever the name.
+        A descriptor or file object is read from where it stands and left open.
+    max_bytes : int
+        The largest array accepted (1 GiB by default; the MNIST training images are 47 MB): the
+        header's dimensions are checked against it before anything is decompressed.
 
     Returns
     -------
@@ -123,39 +132,84 @@ def read_idx(source):
     Raises
     ------
     DatasetError
-        If the header is invalid (first two bytes not zero, unknown type code, no dimensions,
-        truncated), if the payload is shorter or longer than the dimensions imply, or if the gzip
-        stream is corrupt or truncated.
+        If the header is invalid (first two bytes not zero, unknown type code, no dimensions or
+        more than 32, truncated), declares an array over max_bytes, if the payload is shorter or
+        longer than the dimensions imply, or if the gzip stream is corrupt or truncated.
     """
-    if isinstance(source, (str, bytes, os.PathLike)):
-        name = os.fsdecode(source)
-        with open(source, "rb") as f:
-            data = f.read()
-    else:
-        name = getattr(source, "name", None)
-        name = name if isinstance(name, str) else "<binary stream>"
-        data = source.read()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"{name}: read_idx needs a binary file object, got one returning "
-                            f"{type(data).__name__}")
-    return _parse_idx(data, name)
+    max_bytes = _check_max_bytes(max_bytes)
+    name = _source_name(source)
+    with _open_binary(source, name) as f:
+        return _read_idx_stream(f, name, max_bytes)
 
 
 def _parse_idx(data, name):
     """Parse the bytes of an IDX file, gzip-compressed or not; ``name`` is used in messages."""
-    if bytes(data[:2]) == _GZIP_MAGIC:
-        stream = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
-    else:
-        stream = io.BytesIO(data)
+    return _read_idx_stream(io.BytesIO(data), name, DEFAULT_MAX_BYTES)
+
+
+def _read_idx_stream(f, name, max_bytes):
+    head = f.read(2)
+    if not isinstance(head, (bytes, bytearray)):
+        raise TypeError(f"{name}: read_idx needs a binary file object, got one returning "
+                        f"{type(head).__name__}")
+    stream = _Prefixed(head, f)
+    if bytes(head) == _GZIP_MAGIC:
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
     try:
-        return _parse_idx_stream(stream, name)
+        return _parse_idx_stream(stream, name, max_bytes)
     except (OSError, EOFError, zlib.error) as exc:
-        # Reading from memory, only the gzip layer raises these (bad header, CRC or length check,
-        # stream cut short).
+        # only the gzip layer raises these (bad header, CRC or length check, stream cut short)
         raise DatasetError(f"{name}: corrupt or truncated gzip data: {exc}") from exc
 
 
-def _parse_idx_stream(stream, name):
+class _Prefixed:
+    """A binary stream with bytes already read put back in front (the magic sniffed)."""
+
+    def __init__(self, head, stream):
+        self.head, self.stream = bytes(head), stream
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            out, self.head = self.head + self.stream.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        if len(out) < n:
+            out += self.stream.read(n - len(out))
+        return out
+
+
+def _source_name(source):
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return os.fsdecode(source)
+    if isinstance(source, int) and not isinstance(source, bool):
+        return f"<file descriptor {source}>"
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else "<binary stream>"
+
+
+@contextlib.contextmanager
+def _open_binary(source, name):
+    """A binary file for a path (closed after), a descriptor (left open) or a file object."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        with open(source, "rb") as f:
+            yield f
+    elif isinstance(source, int) and not isinstance(source, bool):
+        with open(source, "rb", closefd=False) as f:
+            yield f
+    elif callable(getattr(source, "read", None)):
+        yield source
+    else:
+        raise TypeError(f"source must be a path, a file descriptor or a binary file object, got "
+                        f"{type(source).__name__}")
+
+
+def _check_max_bytes(max_bytes):
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    return max_bytes
+
+
+def _parse_idx_stream(stream, name, max_bytes):
     magic = stream.read(4)
     if len(magic) < 4:
         raise DatasetError(f"{name}: too short for an IDX header ({len(magic)} bytes, need 4)")
@@ -167,17 +221,21 @@ def _parse_idx_stream(stream, name):
         known = ", ".join(f"0x{code:02x}" for code in _IDX_DTYPES)
         raise DatasetError(f"{name}: unknown IDX type code 0x{magic[2]:02x} (known: {known})")
     ndim = magic[3]
-    if ndim == 0:
-        raise DatasetError(f"{name}: IDX header declares 0 dimensions")
+    if not 1 <= ndim <= _MAX_IDX_DIMS:
+        raise DatasetError(f"{name}: IDX header declares {ndim} dimensions (an array has 1 to "
+                           f"{_MAX_IDX_DIMS})")
     raw_dims = stream.read(4 * ndim)
     if len(raw_dims) < 4 * ndim:
         raise DatasetError(f"{name}: IDX header truncated: {ndim} dimensions need {4 * ndim} "
                            f"bytes, got {len(raw_dims)}")
     dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
     native = dtype.newbyteorder("=")
-    # Python integers, so an absurd header cannot overflow; it simply fails the length check
-    # below after reading only the bytes that exist.
+    # Python integers, so an absurd header cannot overflow; checked against the cap before a
+    # byte of payload is read or decompressed.
     expected = math.prod(dims) * dtype.itemsize
+    if expected > max_bytes:
+        raise DatasetError(f"{name}: shape {_shape_text(dims)} of {native.name} is "
+                           f"{_count_text(expected)} bytes, over max_bytes={max_bytes}")
     payload = _read_at_most(stream, expected)
     if len(payload) < expected:
         raise DatasetError(f"{name}: payload truncated: shape {_shape_text(dims)} of "
@@ -212,13 +270,12 @@ def _read_at_most(stream, n):
 
 
 def _count_remaining(stream):
-    # Reading to the end also makes gzip verify its CRC and length trailer.
-    count = 0
-    while True:
-        chunk = stream.read(_CHUNK)
-        if not chunk:
-            return count
-        count += len(chunk)
+    """Bytes after the payload, read to the end (which makes gzip check its CRC and length
+    trailer) but no further than _CHUNK: a stream that goes on reports "at least" that."""
+    chunk = stream.read(_CHUNK)
+    if not chunk:
+        return 0
+    return len(chunk) if not stream.read(1) else f"at least {len(chunk) + 1}"
 
 
 def _check_mnist_pair(images, labels, what):
@@ -399,23 +456,26 @@ def _download(url, destination, expected_sha256):
 # ------------------------------------------------------------------------------ NPZ and CSV
 
 
-def load_npz(path):
+def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
     """Return ``(X, y)`` from a NumPy ``.npz`` archive.
 
     The arrays are taken from the first key pair present among ``X``/``y``, ``x``/``y``,
     ``x_train``/``y_train`` (the layout of Keras' ``mnist.npz``) and ``X_train``/``y_train``.
-    They are returned with their stored dtypes. Pickled (object) arrays are refused.
+    They are returned with their stored dtypes. Pickled (object) arrays are refused. path may
+    be a file descriptor or a binary file object (left open). max_bytes caps each array's
+    stored size (1 GiB by default), checked before it is decompressed.
 
     Raises
     ------
     DatasetError
         If the file is not a readable ``.npz`` archive, holds none of the key pairs (the message
-        lists the keys it has), or ``X`` and ``y`` differ in length.
+        lists the keys it has), an array over max_bytes, or ``X`` and ``y`` differ in length.
     """
-    name = os.fsdecode(path)
+    max_bytes = _check_max_bytes(max_bytes)
+    name = _source_name(path)
     # np.load gets an open file rather than the path: on a damaged zip archive it would leave
     # its own file handle open.
-    with open(path, "rb") as f:
+    with _open_binary(path, name) as f:
         try:
             loaded = np.load(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -431,9 +491,15 @@ def load_npz(path):
                 wanted = ", ".join(f"{xk}/{yk}" for xk, yk in _NPZ_KEY_PAIRS)
                 raise DatasetError(f"{name}: no feature/label arrays found; expected one of the "
                                    f"key pairs {wanted}; available keys: {sorted(keys)}")
+            for key in pair:
+                size = loaded.zip.getinfo(f"{key}.npy").file_size
+                if size > max_bytes:
+                    raise DatasetError(f"{name}: array {key!r} is {size} bytes, over "
+                                       f"max_bytes={max_bytes}")
             try:
                 X, y = loaded[pair[0]], loaded[pair[1]]
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                    MemoryError) as exc:
                 raise DatasetError(f"{name}: cannot read arrays {pair[0]!r}/{pair[1]!r}: "
                                    f"{exc}") from exc
     if X.ndim == 0 or y.ndim == 0:
@@ -470,8 +536,16 @@ def load_csv(path, *, label_column=-1, skip_header=None):
         not numbers, or not finite (the message gives the line and column), files without data
         rows, and a ``label_column`` outside the table.
     """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     name = os.fsdecode(path)
-    label_column = operator.index(label_column)
+    if isinstance(label_column, bool):
+        raise TypeError("label_column must be an integer, got a bool")
+    try:
+        label_column = operator.index(label_column)
+    except TypeError:
+        raise TypeError(f"label_column must be an integer, got {type(label_column).__name__}") \
+            from None
     try:
         table = _read_csv_table(path, name, skip_header)
     except UnicodeDecodeError as exc:

@@ -439,12 +439,15 @@ class _BaseMLP(BaseEstimator):
             hyper["hidden_layer_sizes"] = tuple(hyper["hidden_layer_sizes"])  # JSON has no tuples
         est = cls(**hyper)
         try:
-            est._check_params()
-        except ValueError as e:
+            _, acts, _ = est._check_params()
+        except (TypeError, ValueError) as e:
             f.fail(f"invalid hyperparameters: {e}")
         sizes = f.layer_sizes
         f.expect(list(np.atleast_1d(est.hidden_layer_sizes)) == sizes[1:-1],
                  "hidden_layer_sizes does not match layer_sizes")
+        # predict uses the hyperparameter; the file's layer list must say the same
+        f.expect(acts == f.activations, f"the activation hyperparameter {est.activation!r} "
+                                        f"contradicts the layers' activations {f.activations}")
         for name, value in attrs.items():
             f.expect(name in cls._FILE_ATTRS and isinstance(value, cls._FILE_ATTRS[name]),
                      f"bad attribute {name!r}: {value!r}")

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..core import ACTIVATIONS, info
 from .._version import __version__
-from .safetensors import ModelFileError, expect, fail, is_int, read_file, write_file
+from .safetensors import (ModelFileError, expect, fail, is_int, json_loads, read_file, short,
+                          write_file)
 
 __all__ = ["FORMAT_VERSION", "MAX_BYTES", "ModelFile", "ModelFileError", "json_value",
            "read_model", "write_model"]
@@ -81,28 +82,30 @@ class ModelFile:
 
 
 def read_model(path, kinds, *, max_bytes=MAX_BYTES):
-    """Read and check a model file whose kind is one of kinds; returns a ModelFile."""
+    """Read and check a model file whose kind is one of kinds; returns a ModelFile. path: a file
+    path, a file descriptor or a binary file object (the last two are left open)."""
     meta, arrays = read_file(path, max_bytes)
     expect(path, isinstance(meta.get("fastmlp"), str),
            "not a fastmlp model (no 'fastmlp' entry in __metadata__)")
-    try:
-        doc = json.loads(meta["fastmlp"])
-    except json.JSONDecodeError as e:
-        fail(path, f"corrupt fastmlp metadata (not JSON: {e})")
+    doc = json_loads(path, meta["fastmlp"], "fastmlp metadata")
     expect(path, isinstance(doc, dict), "fastmlp metadata is not a JSON object")
     expect(path, doc.get("format_version") == FORMAT_VERSION,
-           f"unsupported format_version {doc.get('format_version')!r} (this fastmlp reads "
+           f"unsupported format_version {short(doc.get('format_version'))} (this fastmlp reads "
            f"{FORMAT_VERSION})")
-    expect(path, doc.get("kind") in kinds, f"unknown model kind {doc.get('kind')!r}")
+    kind = doc.get("kind")
+    expect(path, isinstance(kind, str) and kind in kinds, f"unknown model kind {short(kind)}")
     sizes, acts = doc.get("layer_sizes"), doc.get("activations")
-    expect(path, isinstance(sizes, list) and len(sizes) >= 2
-           and all(is_int(s, 1) for s in sizes), f"bad layer_sizes {sizes!r}")
+    expect(path, isinstance(sizes, list) and 2 <= len(sizes) <= len(arrays) // 2 + 1
+           and all(is_int(s, 1, 1 << 31) for s in sizes),
+           f"bad layer_sizes {short(sizes)} for {len(arrays)} tensors")
     expect(path, isinstance(acts, list) and len(acts) == len(sizes) - 2,
-           f"activations must be a list of {len(sizes) - 2} names, got {acts!r}")
+           f"activations must be a list of {len(sizes) - 2} names, got {short(acts)}")
     for a in acts:
-        expect(path, a in ACTIVATIONS, f"unknown activation {a!r} (allowed: {ACTIVATIONS})")
-    expect(path, doc.get("out_activation") in OUT_ACTIVATIONS,
-           f"unknown output activation {doc.get('out_activation')!r}")
+        expect(path, isinstance(a, str) and a in ACTIVATIONS,
+               f"unknown activation {short(a)} (allowed: {ACTIVATIONS})")
+    out_act = doc.get("out_activation")
+    expect(path, isinstance(out_act, str) and out_act in OUT_ACTIVATIONS,
+           f"unknown output activation {short(out_act)}")
     L = len(sizes) - 1
     shapes = {f"coefs.{i}": [sizes[i], sizes[i + 1]] for i in range(L)}
     shapes.update({f"intercepts.{i}": [sizes[i + 1]] for i in range(L)})

@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import shutil
 import struct
 import threading
@@ -153,15 +154,43 @@ def test_read_idx_garbage_after_gzip_member(tmp_path):
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("ndim", [4, 255])
-def test_read_idx_absurd_dims_rejected_without_allocating(tmp_path, compress, ndim):
-    # The declared size is far beyond any memory; reading must stop at the bytes present.
+@pytest.mark.parametrize("ndim,match", [(4, "over max_bytes"), (255, "declares 255 dimensions")])
+def test_read_idx_absurd_dims_rejected_without_allocating(tmp_path, compress, ndim, match):
+    # The declared size is far beyond any memory: refused from the header, before any payload
     data = struct.pack(">BBBB", 0, 0, 0x0E, ndim) + b"\xff" * (4 * ndim) + b"\x00" * 16
     path = write(tmp_path, gzip.compress(data) if compress else data)
-    with pytest.raises(DatasetError, match="payload truncated") as info:
+    with pytest.raises(DatasetError, match=match) as info:
         datasets.read_idx(path)
-    assert "got 16" in str(info.value)
     assert len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_reads_only_the_bytes_present(tmp_path, compress):
+    data = struct.pack(">BBBBI", 0, 0, 0x0E, 1, 1000) + b"\x00" * 16   # 8,000 bytes declared
+    path = write(tmp_path, gzip.compress(data) if compress else data)
+    with pytest.raises(DatasetError, match="payload truncated.*got 16"):
+        datasets.read_idx(path)
+
+
+def test_read_idx_bounds_a_gzip_bomb_by_its_declared_size(tmp_path):
+    """A small gzip that inflates far beyond its header's dimensions is read only that far."""
+    header = struct.pack(">BBBBI", 0, 0, 0x08, 1, 10)
+    path = write(tmp_path, gzip.compress(header + bytes(10) + bytes(64 << 20)))
+    assert path.stat().st_size < 200_000
+    with pytest.raises(DatasetError, match="at least .* unexpected trailing bytes"):
+        datasets.read_idx(path)
+    with pytest.raises(DatasetError, match="over max_bytes=5"):
+        datasets.read_idx(path, max_bytes=5)
+
+
+def test_read_idx_leaves_a_descriptor_open(tmp_path):
+    path = write(tmp_path, idx_bytes(random_array(0x08, (3, 2)), 0x08))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert datasets.read_idx(fd).shape == (3, 2)
+        os.fstat(fd)                     # still open
+    finally:
+        os.close(fd)
 
 
 def test_read_idx_rejects_text_streams():
