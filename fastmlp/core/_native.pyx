@@ -212,7 +212,12 @@ cdef Py_ssize_t _integer(object x, str name, Py_ssize_t lo, Py_ssize_t hi) excep
     return int(x)
 
 
-cdef cnp.ndarray _check_f32(object x, str name, int ndim):
+cdef str _from(str like):
+    """The end of a shape error: where the expected shape comes from."""
+    return f" (the shape of {like})" if like else ""
+
+
+cdef cnp.ndarray _check_f32(object x, str name, int ndim, str like=None):
     if not cnp.PyArray_Check(x):
         raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(x).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>x
@@ -221,7 +226,8 @@ cdef cnp.ndarray _check_f32(object x, str name, int ndim):
         raise TypeError(f"{name} must be float32, got {x.dtype}; "
                         f"convert with {name}.astype(numpy.float32)")
     if cnp.PyArray_NDIM(a) != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got a {x.ndim}-D array of shape {x.shape}")
+        raise ValueError(f"{name} must be {ndim}-D, got a {x.ndim}-D array of shape "
+                         f"{x.shape}{_from(like)}")
     return a
 
 
@@ -234,20 +240,21 @@ cdef bint _has_shape(cnp.ndarray x, tuple shape):
     return True
 
 
-cdef cnp.ndarray _input(object x, str name, int ndim):
+cdef cnp.ndarray _input(object x, str name, int ndim, str like=None):
     """A C-contiguous float32 array to read (note b)."""
-    cdef cnp.ndarray a = _check_f32(x, name, ndim)
+    cdef cnp.ndarray a = _check_f32(x, name, ndim, like)
     return a if cnp.PyArray_IS_C_CONTIGUOUS(a) else np.ascontiguousarray(a)
 
 
-cdef cnp.ndarray _input_shaped(object x, str name, tuple shape):
-    cdef cnp.ndarray a = _input(x, name, len(shape))
+cdef cnp.ndarray _input_shaped(object x, str name, tuple shape, str like=None):
+    """_input of a given shape, which comes from the argument(s) named like."""
+    cdef cnp.ndarray a = _input(x, name, len(shape), like)
     if not _has_shape(a, shape):
-        raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
+        raise ValueError(f"{name} must have shape {shape}, got {x.shape}{_from(like)}")
     return a
 
 
-cdef cnp.ndarray _output(object out, str name, tuple shape):
+cdef cnp.ndarray _output(object out, str name, tuple shape, str like=None):
     """A writable C-contiguous float32 array of the given shape (note c); new if out is None."""
     cdef cnp.npy_intp dims[cnp.NPY_MAXDIMS]
     cdef Py_ssize_t i
@@ -255,9 +262,9 @@ cdef cnp.ndarray _output(object out, str name, tuple shape):
         for i in range(len(shape)):
             dims[i] = shape[i]
         return cnp.PyArray_EMPTY(len(shape), dims, cnp.NPY_FLOAT32, 0)
-    cdef cnp.ndarray a = _check_f32(out, name, len(shape))
+    cdef cnp.ndarray a = _check_f32(out, name, len(shape), like)
     if not _has_shape(a, shape):
-        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}{_from(like)}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"{name} must be C-contiguous (it is written in place)")
     if not cnp.PyArray_ISWRITEABLE(a):
@@ -281,10 +288,10 @@ cdef inline float *_ptr(cnp.ndarray x) noexcept nogil:
     return <float *>cnp.PyArray_DATA(x) if x is not None and cnp.PyArray_SIZE(x) else NULL
 
 
-cdef cnp.ndarray _weights(object sample_weight, Py_ssize_t m):
+cdef cnp.ndarray _weights(object sample_weight, Py_ssize_t m, str like):
     if sample_weight is None:
         return None
-    return _input_shaped(sample_weight, "sample_weight", (m,))
+    return _input_shaped(sample_weight, "sample_weight", (m,), like)
 
 
 
@@ -426,20 +433,20 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
         raise ValueError("matmul: grad_activation cannot be combined with activation or bias")
     if be != 0 and out is None:
         raise ValueError("matmul: beta != 0 needs out (its initial contents are scaled by beta)")
-    cdef cnp.ndarray C = _output(out, "out", (M, N))
+    cdef cnp.ndarray C = _output(out, "out", (M, N), "op(a) @ op(b)")
     if bias is not None:
-        bias = _input_shaped(bias, "bias", (N,))
+        bias = _input_shaped(bias, "bias", (N,), "op(b)'s columns")
         ep.bias = _ptr(bias)
     if ep.grad_act == FM_ACT_GELU:
         if z is None:
             raise ValueError("matmul: grad_activation='gelu' needs z, the activation's input")
-        z = _input_shaped(z, "z", (M, N))
+        z = _input_shaped(z, "z", (M, N), "op(a) @ op(b)")
         ep.z = _ptr(z)
     elif ep.grad_act != FM_ACT_IDENTITY:
         if y is None:
             raise ValueError(f"matmul: grad_activation={grad_activation!r} needs y, the "
                              "activation's output")
-        y = _input_shaped(y, "y", (M, N))
+        y = _input_shaped(y, "y", (M, N), "op(a) @ op(b)")
         ep.y = _ptr(y)
     # C is written block by block over K while A, B (and, on the last block, bias, y, z) are read
     _no_overlap("matmul", C, "out", ((A, "a"), (B, "b"), (bias, "bias"), (y, "y"), (z, "z")))
@@ -480,10 +487,10 @@ def bias_activation(z, bias=None, activation="identity", *, negative_slope=0.01,
     cdef cnp.ndarray Z = _input(z, "z", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(Z, 0), N = cnp.PyArray_DIM(Z, 1)
     cdef int act = _act_code(activation, "activation")
-    cdef cnp.ndarray O = _output(out, "out", (M, N))
+    cdef cnp.ndarray O = _output(out, "out", (M, N), "z")
     cdef const float *pb = NULL
     if bias is not None:
-        bias = _input_shaped(bias, "bias", (N,))
+        bias = _input_shaped(bias, "bias", (N,), "z's columns")
         pb = _ptr(bias)
     cdef float s = _real(negative_slope, "negative_slope")
     # elementwise: out may be z itself; bias is read for every row
@@ -507,14 +514,14 @@ def activation_backward(dy, activation, *, y=None, z=None, negative_slope=0.01, 
     if act == FM_ACT_GELU:
         if z is None:
             raise ValueError("activation_backward: 'gelu' needs z, the activation's input")
-        z = _input_shaped(z, "z", (M, N))
+        z = _input_shaped(z, "z", (M, N), "dy")
         pz = _ptr(z)
     elif act != FM_ACT_IDENTITY:
         if y is None:
             raise ValueError(f"activation_backward: {activation!r} needs y, the activation's output")
-        y = _input_shaped(y, "y", (M, N))
+        y = _input_shaped(y, "y", (M, N), "dy")
         py = _ptr(y)
-    cdef cnp.ndarray O = _output(out, "out", (M, N))
+    cdef cnp.ndarray O = _output(out, "out", (M, N), "dy")
     cdef float s = _real(negative_slope, "negative_slope")
     _no_overlap("activation_backward", O, "out", ((D, "dy"), (y, "y"), (z, "z")), same_ok=D)
     cdef int nt = _threads()
@@ -527,7 +534,7 @@ def bias_grad(dz, out=None):
     """Column sums of dz (float32 (M, N)) -> (N,), each column summed in row order."""
     cdef cnp.ndarray D = _input(dz, "dz", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(D, 0), N = cnp.PyArray_DIM(D, 1)
-    cdef cnp.ndarray O = _output(out, "out", (N,))
+    cdef cnp.ndarray O = _output(out, "out", (N,), "dz's columns")
     _no_overlap("bias_grad", O, "out", ((D, "dz"),))
     cdef int nt = _threads()
     with nogil:
@@ -550,15 +557,16 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
         raise TypeError(f"labels must be a numpy array of integers, got "
                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
     if labels.shape != (M,):
-        raise ValueError(f"labels must have shape ({M},), got {labels.shape}")
+        raise ValueError(f"labels must have shape ({M},), got {labels.shape} (the rows of "
+                         "logits)")
     # Checked before the int32 conversion, which would wrap a label such as 2**32 into range;
     # the kernel checks again (rule 7), for callers that reach it without this binding.
     if M and (labels.min() < 0 or labels.max() >= N):
         raise ValueError(f"labels must be in [0, {N}), got values in "
                          f"[{labels.min()}, {labels.max()}]")
     cdef cnp.ndarray lab = np.ascontiguousarray(labels, dtype=np.int32)
-    cdef cnp.ndarray w = _weights(sample_weight, M)
-    cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N))
+    cdef cnp.ndarray w = _weights(sample_weight, M, "logits' rows")
+    cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N), "logits")
     # a row's gradient is written after the row is read: grad_out may be logits itself
     _no_overlap("softmax_cross_entropy", G, "grad_out",
                 ((Z, "logits"), (lab, "labels"), (w, "sample_weight")), same_ok=Z)
@@ -576,9 +584,10 @@ cdef tuple _pair_loss(str kind, object pred, object target, object sample_weight
     cdef bint sig = kind == "sigmoid_cross_entropy"
     cdef cnp.ndarray P = _input(pred, "logits" if sig else "pred", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(P, 0), N = cnp.PyArray_DIM(P, 1)
-    cdef cnp.ndarray T = _input_shaped(target, "targets" if sig else "target", (M, N))
-    cdef cnp.ndarray w = _weights(sample_weight, M)
-    cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N))
+    cdef str first = "logits" if sig else "pred"
+    cdef cnp.ndarray T = _input_shaped(target, "targets" if sig else "target", (M, N), first)
+    cdef cnp.ndarray w = _weights(sample_weight, M, first + "' rows")
+    cdef cnp.ndarray G = _output(grad_out, "grad_out", (M, N), first)
     _no_overlap(kind, G, "grad_out", ((P, "logits" if sig else "pred"),
                                       (T, "targets" if sig else "target"), (w, "sample_weight")),
                 same_ok=P)
@@ -637,7 +646,7 @@ cdef cnp.ndarray _state(object x, str name, tuple shape):
     """An array updated in place (note c)."""
     if x is None:
         raise ValueError(f"{name} is required: a float32 array shaped like param")
-    return _output(x, name, shape)
+    return _output(x, name, shape, "param")
 
 
 cdef tuple _param_grad(object param, object grad):
@@ -645,7 +654,7 @@ cdef tuple _param_grad(object param, object grad):
     if not isinstance(param, np.ndarray):
         raise TypeError(f"param must be a numpy.ndarray of float32, got {type(param).__name__}")
     shape = param.shape
-    return shape, _output(param, "param", shape), _input_shaped(grad, "grad", shape)
+    return shape, _output(param, "param", shape), _input_shaped(grad, "grad", shape, "param")
 
 
 cdef int _distinct(str who, tuple written, tuple read) except -1:

@@ -109,10 +109,13 @@ def flat_params(params):
     """Copy params [W0, b0, W1, b1, ...] (arrays of any float dtype) into one new flat float32
     buffer laid out [W0, W1, ..., b0, b1, ...] (weights first); return the list of views into it,
     in the order given. The buffer is views[0].base (see flat_buffer)."""
-    params = list(params)
-    if len(params) < 2 or len(params) % 2:
-        raise ValueError("params must be [W0, b0, W1, b1, ...]: a weight and a bias per layer")
-    arrays = [np.asarray(p) for p in params]
+    params = _param_list(params)
+    arrays = []
+    for i, p in enumerate(params):
+        try:
+            arrays.append(np.asarray(p, dtype=np.float32))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"params[{i}] must be an array of numbers: {e}") from None
     offsets, total = _flat_offsets([a.shape for a in arrays])
     flat = np.empty(total, np.float32)
     views = []
@@ -123,11 +126,26 @@ def flat_params(params):
     return views
 
 
+def _param_list(params):
+    """params as a list [W0, b0, W1, b1, ...], or an error naming params."""
+    if isinstance(params, (str, bytes, np.ndarray)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"params must be a list [W0, b0, W1, b1, ...] of arrays, got "
+                        f"{type(params).__name__}")
+    params = list(params)
+    if len(params) < 2 or len(params) % 2:
+        raise ValueError(f"params must be [W0, b0, W1, b1, ...]: a weight and a bias per layer, "
+                         f"got {len(params)} arrays")
+    return params
+
+
 def flat_buffer(params):
     """The flat buffer params are views of, if they are laid out as flat_params lays them out
     (each a C-contiguous writable float32 view at its offset of one 1-D float32 array); else
     None."""
-    params = list(params)
+    try:
+        params = list(params)
+    except TypeError:
+        return None
     if len(params) < 2 or len(params) % 2 or not all(isinstance(p, np.ndarray) for p in params):
         return None
     flat = params[0].base
@@ -188,10 +206,11 @@ cdef class TrainStep:
     def __init__(self, params, activations, loss, max_batch, *, optimizer="adam", momentum=0.9,
                  nesterov=False, beta1=0.9, beta2=0.999, rho=0.9, eps=1e-8, weight_decay=0.0,
                  alpha=0.0, dropout=None, seed=0):
-        params = list(params)
-        if len(params) < 2 or len(params) % 2:
-            raise ValueError("params must be [W0, b0, W1, b1, ...]: a weight and a bias per layer")
+        params = _param_list(params)
         cdef int L = len(params) // 2, l
+        if isinstance(activations, (str, bytes)) or not hasattr(activations, "__iter__"):
+            raise TypeError(f"activations must be a list of names, one per hidden layer, got "
+                            f"{type(activations).__name__}")
         activations = tuple(activations)
         if len(activations) != L - 1:
             raise ValueError(f"activations: need one per hidden layer ({L - 1}), got "
@@ -354,13 +373,16 @@ cdef class TrainStep:
                 raise TypeError(f"y must be an int32 array of shape ({n},) of labels")
             y = np.ascontiguousarray(y)
         else:
-            y = _input_shaped(y, "y", (n, n_out))
-        w = _weights(sample_weight, n)
+            y = _input_shaped(y, "y", (n, n_out), "X's rows, the last layer's outputs")
+        w = _weights(sample_weight, n, "X's rows")
         cdef bint gather = index is not None
         if gather:
-            index = np.ascontiguousarray(index, dtype=np.intp)
+            if not isinstance(index, np.ndarray) or index.dtype.kind not in "iu":
+                raise TypeError(f"index must be a 1-D numpy array of integers (rows of X), got "
+                                f"{getattr(index, 'dtype', type(index).__name__)}")
             if index.ndim != 1:
-                raise ValueError("index must be 1-D")
+                raise ValueError(f"index must be 1-D, got shape {index.shape}")
+            index = np.ascontiguousarray(index, dtype=np.intp)
             if index.shape[0] and (index.min() < 0 or index.max() >= n):
                 raise IndexError(f"index out of range for {n} rows")
         cdef Py_ssize_t M = index.shape[0] if gather else n

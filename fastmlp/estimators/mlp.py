@@ -93,23 +93,37 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"The '{name}' parameter of {type(self).__name__} must be "
                              f"{expected}. Got {getattr(self, name)!r} instead.")
 
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_real(v):
+            return (isinstance(v, (int, float, np.integer, np.floating))
+                    and not isinstance(v, bool) and math.isfinite(v))
+
+        def listed(name, value):
+            """A list-valued parameter's list (one per hidden layer), or bad()."""
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                bad(name, "a sequence, one per hidden layer")
+            return list(value)
+
         sizes = self.hidden_layer_sizes
-        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
+        sizes = listed("hidden_layer_sizes", sizes) if not is_int(sizes) else [sizes]
+        if not sizes or not all(is_int(s) and s > 0 for s in sizes):
             bad("hidden_layer_sizes", "a positive int or a sequence of positive ints")
         acts = [self.activation] * len(sizes) if isinstance(self.activation, str) \
-            else list(self.activation)
-        if len(acts) != len(sizes) or not all(a in ACTIVATIONS for a in acts):
+            else listed("activation", self.activation)
+        if len(acts) != len(sizes) or not all(isinstance(a, str) and a in ACTIVATIONS
+                                              for a in acts):
             bad("activation", f"one of {ACTIVATIONS} or a list of them, one per hidden "
                 "layer")
-        if self.solver not in SOLVERS:
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             bad("solver", f"one of {tuple(SOLVERS)}")
-        if not (self.learning_rate in SCHEDULES or callable(self.learning_rate)):
+        if not ((isinstance(self.learning_rate, str) and self.learning_rate in SCHEDULES)
+                or callable(self.learning_rate)):
             bad("learning_rate", f"one of {SCHEDULES} or a schedule (callable t -> lr)")
-        if not (self.batch_size == "auto" or (isinstance(self.batch_size, (int, np.integer))
-                                              and self.batch_size >= 1)):
+        if not (self.batch_size == "auto" or (is_int(self.batch_size) and self.batch_size >= 1)):
             bad("batch_size", "'auto' or a positive int")
-        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+        if not (is_int(self.max_iter) and self.max_iter >= 1):
             bad("max_iter", "a positive int")
         for name, lo, hi in [("alpha", 0, math.inf), ("power_t", 0, math.inf),
                              ("tol", 0, math.inf), ("momentum", 0, 1), ("beta_1", 0, 1 - 1e-12),
@@ -117,25 +131,28 @@ class _BaseMLP(BaseEstimator):
                              ("validation_fraction", 0, 1 - 1e-12),
                              ("weight_decay", 0, math.inf)]:
             v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.number)) and lo <= v <= hi):
-                bad(name, f"a number in [{lo}, {hi:.6g}]")
+            if not (is_real(v) and lo <= v <= hi):
+                bad(name, f"a finite number in [{lo}, {hi:.6g}]")
         for name in ("learning_rate_init", "epsilon"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.number)) and v > 0):
-                bad(name, "a number > 0")
-        if not (self.n_iter_no_change == np.inf or (isinstance(self.n_iter_no_change,
-                                                               (int, np.integer))
+            if not (is_real(v) and v > 0):
+                bad(name, "a finite number > 0")
+        if not (self.n_iter_no_change == np.inf or (is_int(self.n_iter_no_change)
                                                     and self.n_iter_no_change >= 1)):
             bad("n_iter_no_change", "a positive int or numpy.inf")
-        drop = [self.dropout] * len(sizes) if np.isscalar(self.dropout) else list(self.dropout)
-        if len(drop) != len(sizes) or not all(0 <= p < 1 for p in drop):
+        drop = [self.dropout] * len(sizes) if np.isscalar(self.dropout) \
+            else listed("dropout", self.dropout)
+        if len(drop) != len(sizes) or not all(is_real(p) and 0 <= p < 1 for p in drop):
             bad("dropout", "a rate in [0, 1) or one per hidden layer")
-        if not (self.n_threads is None or (isinstance(self.n_threads, (int, np.integer))
-                                           and not isinstance(self.n_threads, bool)
+        if not (self.n_threads is None or (is_int(self.n_threads)
                                            and 1 <= self.n_threads <= MAX_THREADS)):
             bad("n_threads", f"None or an int in [1, {MAX_THREADS}]")
         if self.callback is not None and not callable(self.callback):
             bad("callback", "None or a callable")
+        rs = self.random_state
+        if not (rs is None or (is_int(rs) and 0 <= rs < 2**32)
+                or isinstance(rs, np.random.RandomState)):
+            bad("random_state", "None, an int in [0, 2**32) or a numpy.random.RandomState")
         return [int(s) for s in sizes], acts, [float(p) for p in drop]
 
     def _validate_X(self, X, reset):

@@ -60,8 +60,34 @@ def init_params(layer_sizes, activations, init, rng):
 
 
 def _check_activation(name, what):
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ValueError(f"{what} must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+
+
+def _is_int(n):
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+
+
+def _sequence(x, what):
+    """x as a list, for a list-like argument (not a string, not a scalar), or a TypeError."""
+    if isinstance(x, (str, bytes)) or not hasattr(x, "__iter__"):
+        raise TypeError(f"{what} must be a list, got {type(x).__name__} {x!r}")
+    return list(x)
+
+
+def _rate(p, what):
+    if not (isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool)
+            and 0 <= p < 1):
+        raise ValueError(f"{what}: need rates in [0, 1), one per hidden layer, got {p!r}")
+    return float(p)
+
+
+def _check_rows(x, name, width, what):
+    """x must be a 2-D array of width columns (the network's inputs or outputs)."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != width:
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"{name} must be a 2-D float32 array of {width} columns (the network's "
+                         f"{what}), got {shape}")
 
 
 class MLP:
@@ -83,20 +109,30 @@ class MLP:
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", *,
                  init="auto", dropout=0.0, random_state=None):
-        sizes = [int(n) for n in layer_sizes]
-        if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(f"layer_sizes needs at least two positive sizes, got {layer_sizes}")
+        sizes = _sequence(layer_sizes, "layer_sizes")
+        if len(sizes) < 2 or not all(_is_int(n) and 1 <= n <= 1 << 31 for n in sizes):
+            raise ValueError(f"layer_sizes needs at least two sizes, integers in [1, 2**31], "
+                             f"got {layer_sizes!r}")
+        sizes = [int(n) for n in sizes]
         n_hidden = len(sizes) - 2
-        acts = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        acts = [activation] * n_hidden if isinstance(activation, str) \
+            else _sequence(activation, "activation")
         if len(acts) != n_hidden:
             raise ValueError(f"activation: need one per hidden layer ({n_hidden}), got {len(acts)}")
         for a in acts:
             _check_activation(a, "activation")
         _check_activation(output_activation, "output_activation")
-        drop = [float(dropout)] * n_hidden if np.isscalar(dropout) else [float(p) for p in dropout]
-        if len(drop) != n_hidden or not all(0 <= p < 1 for p in drop):
+        drop = [_rate(dropout, "dropout")] * n_hidden if np.isscalar(dropout) \
+            else [_rate(p, "dropout") for p in _sequence(dropout, "dropout")]
+        if len(drop) != n_hidden:
             raise ValueError(f"dropout: need rates in [0, 1), one per hidden layer, got {dropout}")
+        if not (random_state is None or (_is_int(random_state) and random_state >= 0)):
+            raise ValueError(f"random_state must be None or an integer >= 0, got {random_state!r}")
         seed = np.random.SeedSequence(random_state).generate_state(2, np.uint64)
+        n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+        if n_params > 1 << 34:     # 64 GiB of float32 parameters, then as much for gradients
+            raise MemoryError(f"layer_sizes {sizes}: {n_params:,} parameters do not fit in "
+                              "memory")
         self.layer_sizes, self.activations = sizes, acts
         self.output_activation, self.init, self.dropout = output_activation, init, drop
         self.seed = int(seed[1])     # dropout's key
@@ -116,6 +152,7 @@ class MLP:
     def forward(self, X, training=False):
         """X float32 (M, n_0) -> output (M, n_L). training=True applies dropout and keeps what
         backward needs (the inputs, pre-activations for gelu, outputs and masks)."""
+        _check_rows(X, "X", self.layer_sizes[0], "inputs")
         a = X
         cache = [(X, None, None, None)]
         for l in range(self.n_layers):
@@ -143,6 +180,10 @@ class MLP:
         if self._cache is None:
             raise RuntimeError("backward needs a forward(X, training=True) first")
         cache = self._cache
+        _check_rows(dout, "dout", self.layer_sizes[-1], "outputs")
+        if dout.shape[0] != cache[0][0].shape[0]:
+            raise ValueError(f"dout must have the {cache[0][0].shape[0]} rows of the last "
+                             f"forward's X, got {dout.shape[0]}")
         _, z, y, _ = cache[-1]
         out_act = self.output_activation
         d = dout if out_act == "identity" else activation_backward(dout, out_act, y=y, z=z)
