@@ -23,6 +23,11 @@ SOURCES = ["fastmlp/core/_native.pyx", "csrc/dispatch.c", "csrc/isa_generic.c"] 
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-std=gnu11",
           "-Werror=incompatible-pointer-types"]
 DEBUG = os.environ.get("FASTMLP_DEBUG", "") not in ("", "0")
+# FASTMLP_SANITIZE=address,undefined (or thread): a sanitizer build for CI's checks; run it with
+# the sanitizer's runtime preloaded (.ci/run shows how). Never for a wheel.
+SANITIZE = os.environ.get("FASTMLP_SANITIZE", "").strip()
+SANITIZE_FLAGS = ([f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g", "-O1"]
+                  if SANITIZE else [])
 
 # The bindings use NumPy's C API. Built against NumPy 2 (pyproject.toml), the module runs on any
 # NumPy from NPY_TARGET_VERSION up; it is pinned to the oldest NumPy in [project] dependencies
@@ -36,8 +41,8 @@ ext = Extension(
     include_dirs=["csrc", numpy.get_include()],
     define_macros=NUMPY_MACROS,
     depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
-    extra_compile_args=CFLAGS + (["-O0", "-g"] if DEBUG else []),
-    extra_link_args=["-fopenmp"],
+    extra_compile_args=CFLAGS + (["-O0", "-g"] if DEBUG else []) + SANITIZE_FLAGS,
+    extra_link_args=["-fopenmp"] + SANITIZE_FLAGS,
 )
 
 directives = dict(

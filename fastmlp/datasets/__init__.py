@@ -245,7 +245,11 @@ def _parse_idx_stream(stream, name, max_bytes):
     if extra:
         raise DatasetError(f"{name}: {extra} unexpected trailing bytes after the {expected}-byte "
                            f"payload of shape {dims}")
-    return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(native, copy=False)
+    try:
+        return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(native, copy=False)
+    except ValueError as exc:    # an empty array whose other dimensions NumPy cannot index
+        raise DatasetError(f"{name}: shape {_shape_text(dims)} is not an array NumPy can "
+                           f"hold: {exc}") from exc
 
 
 def _shape_text(dims):
@@ -476,13 +480,25 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
     # np.load gets an open file rather than the path: on a damaged zip archive it would leave
     # its own file handle open.
     with _open_binary(path, name) as f:
-        try:
-            loaded = np.load(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise DatasetError(f"{name}: not a readable .npz archive: {exc}") from exc
-        if isinstance(loaded, np.ndarray):
+        if not (callable(getattr(f, "seekable", None)) and f.seekable()):
+            raise DatasetError(f"{name}: load_npz needs a seekable file (a zip archive is read "
+                               "from its end)")
+        start = f.tell()
+        magic = f.read(6)
+        f.seek(start)
+        if magic == b"\x93NUMPY":   # refused before np.load would read the whole array
             raise DatasetError(f"{name}: holds a single .npy array, not a .npz archive with X "
                                "and y")
+        if not isinstance(magic, bytes) or magic[:4] != b"PK\x03\x04":
+            raise DatasetError(f"{name}: not a readable .npz archive: not a zip file")
+        # NumPy's and zipfile's parsers of a hostile archive raise many kinds of error (zipfile:
+        # BadZipFile, NotImplementedError for an unknown compression, RuntimeError when
+        # encrypted; NumPy's .npy header: ValueError, SyntaxError, tokenize.TokenError, ...):
+        # every one of them is this file's fault, so each becomes a DatasetError.
+        try:
+            loaded = np.load(f, allow_pickle=False)
+        except Exception as exc:
+            raise DatasetError(f"{name}: not a readable .npz archive: {exc}") from exc
         with loaded:
             keys = set(loaded.files)
             pair = next(((xk, yk) for xk, yk in _NPZ_KEY_PAIRS if xk in keys and yk in keys),
@@ -491,17 +507,20 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
                 wanted = ", ".join(f"{xk}/{yk}" for xk, yk in _NPZ_KEY_PAIRS)
                 raise DatasetError(f"{name}: no feature/label arrays found; expected one of the "
                                    f"key pairs {wanted}; available keys: {sorted(keys)}")
+            members = {i.filename: i for i in loaded.zip.infolist()}
             for key in pair:
-                size = loaded.zip.getinfo(f"{key}.npy").file_size
-                if size > max_bytes:
-                    raise DatasetError(f"{name}: array {key!r} is {size} bytes, over "
+                info = members.get(f"{key}.npy", members.get(key))
+                if info is not None and info.file_size > max_bytes:
+                    raise DatasetError(f"{name}: array {key!r} is {info.file_size} bytes, over "
                                        f"max_bytes={max_bytes}")
             try:
                 X, y = loaded[pair[0]], loaded[pair[1]]
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-                    MemoryError) as exc:
+            except Exception as exc:    # see above
                 raise DatasetError(f"{name}: cannot read arrays {pair[0]!r}/{pair[1]!r}: "
                                    f"{exc}") from exc
+    if not (isinstance(X, np.ndarray) and isinstance(y, np.ndarray)):
+        # NpzFile hands back the raw bytes of a member that is not a .npy file
+        raise DatasetError(f"{name}: {pair[0]!r} and {pair[1]!r} must be .npy arrays")
     if X.ndim == 0 or y.ndim == 0:
         raise DatasetError(f"{name}: {pair[0]!r} and {pair[1]!r} must be arrays with a sample "
                            "axis, not scalars")

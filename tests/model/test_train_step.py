@@ -269,3 +269,35 @@ def test_dropout_mask_is_the_one_the_step_applies():
         step.run(X, y, lr=0.1)
         for pa, pb in zip(a.params, b.params):
             assert_close(pa, pb, **TOL)
+
+
+def test_concurrent_steps_profiled_from_several_python_threads():
+    """Re-entrancy (fastmlp.h rule 5) for whole training steps: four Python threads, each with
+    its own TrainStep and its own local_num_threads, while the profiler records every kernel,
+    get the bits of the same steps run one after the other. (CI runs this under
+    ThreadSanitizer.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastmlp.core import local_num_threads
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((64, 30)).astype(np.float32)
+    y = rng.integers(0, 5, 64).astype(np.int32)
+
+    def train(seed):
+        with local_num_threads(1 + seed % 2):
+            model = MLP([30, 24, 16, 5], ["relu", "gelu"], dropout=0.1, random_state=seed)
+            step = model.train_step("softmax_cross_entropy", 32, optimizer="adam", alpha=1e-3)
+            for start in (0, 32, 0, 32):
+                step.forward(X, y, index=np.arange(start, start + 32))
+                step.backward()
+                step.update(0.01)
+            return step.flat_params.copy()
+
+    serial = [train(s) for s in range(8)]
+    with fastmlp.profile(peak_gflops=1.0) as prof:
+        with ThreadPoolExecutor(4) as ex:
+            concurrent = list(ex.map(train, range(8)))
+    for a, b in zip(serial, concurrent):
+        assert_bitwise_equal(a, b)
+    matmuls = sum(r["calls"] for r in prof.records if r["kernel"] == "matmul")
+    assert matmuls == 8 * 4 * (3 + 3 + 2)      # per step: 3 forward, 3 dW, 2 dX
