@@ -565,7 +565,7 @@ def test_in_place_calls_the_contract_allows_still_work(isa):
     assert np.array_equal(out, ref.bias_activation(y, bias, "relu"))
 
 
-def test_empty_problems_with_huge_row_counts_return_at_once():
+def test_empty_problems_with_huge_row_counts_return_at_once(tmp_path):
     """(2**40, 0) arrays hold no bytes; the kernels used to loop over their 2**40 empty rows
     (about an hour)."""
     code = textwrap.dedent("""
@@ -578,7 +578,9 @@ def test_empty_problems_with_huge_row_counts_return_at_once():
         assert fastmlp.bias_grad(z).shape == (0,)
         print("ok")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # cwd: not the repository root, whose fastmlp folder would shadow the installed package
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
