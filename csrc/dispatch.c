@@ -85,7 +85,7 @@ static const char *const kernel_names[FM_K_COUNT] = {
     [FM_K_SOFTMAX_CROSS_ENTROPY] = "softmax_cross_entropy",
     [FM_K_SIGMOID_CROSS_ENTROPY] = "sigmoid_cross_entropy", [FM_K_MSE_LOSS] = "mse_loss",
     [FM_K_SGD_UPDATE] = "sgd_update", [FM_K_RMSPROP_UPDATE] = "rmsprop_update",
-    [FM_K_ADAM_UPDATE] = "adam_update"};
+    [FM_K_ADAM_UPDATE] = "adam_update", [FM_K_POISSON_LOSS] = "poisson_loss"};
 
 static const char *name_of(const char *const *names, int count, int i)
 {
@@ -284,6 +284,17 @@ int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const 
     prof_key key = KEY(FM_K_MSE_LOSS, FM_ACT_IDENTITY, 0, M, N);
     PROFILED(key, 4 * mn, F4 * (3 * mn + (w ? M : 0)),
              r = cur()->mse_loss(M, N, P, T, w, dP, loss, threads(nthreads)));
+    return r;
+}
+
+int fm_poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+                    float *dZ, double *loss, int nthreads)
+{
+    int r;
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_POISSON_LOSS, FM_ACT_IDENTITY, 0, M, N);
+    PROFILED(key, 8 * mn, F4 * (3 * mn + (w ? M : 0)),
+             r = cur()->poisson_loss(M, N, Z, T, w, dZ, loss, threads(nthreads)));
     return r;
 }
 

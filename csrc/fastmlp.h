@@ -140,6 +140,11 @@ int fm_sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const flo
  * dP = w_i (p - t) / (M N): half the mean squared error, as scikit-learn's squared loss. */
 int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
                 float *dP, double *loss, int nthreads);
+/* Z[M,N] log-means, T[M,N] counts >= 0 -> loss = (1/M) sum_i w_i sum_j (xlogy(t, t) - t z - t
+ * + exp(z)), dZ = w_i (exp(z) - t) / M: half the Poisson deviance with a log link (prediction
+ * exp(z)), as scikit-learn's poisson loss. xlogy(0, 0) = 0; a negative t gives a NaN loss. */
+int fm_poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+                    float *dZ, double *loss, int nthreads);
 
 /* ---- Optimizer updates: one pass over parameter, gradient and state ------------------------ */
 /* p[n]: INOUT, g[n]: IN, state: INOUT. Every update first forms g' = g + l2 * p.
@@ -182,7 +187,8 @@ double fm_measure_peak_gflops(double seconds, int nthreads);
 enum {
     FM_K_MATMUL = 0, FM_K_BIAS_ACTIVATION = 1, FM_K_ACTIVATION_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
     FM_K_SOFTMAX_CROSS_ENTROPY = 4, FM_K_SIGMOID_CROSS_ENTROPY = 5, FM_K_MSE_LOSS = 6,
-    FM_K_SGD_UPDATE = 7, FM_K_RMSPROP_UPDATE = 8, FM_K_ADAM_UPDATE = 9, FM_K_COUNT = 10
+    FM_K_SGD_UPDATE = 7, FM_K_RMSPROP_UPDATE = 8, FM_K_ADAM_UPDATE = 9, FM_K_POISSON_LOSS = 10,
+    FM_K_COUNT = 11
 };
 /* Variant bits of a profile entry. */
 enum {

@@ -25,6 +25,7 @@ fm_kernels FM_TABLE = {
     .softmax_cross_entropy = softmax_cross_entropy,
     .sigmoid_cross_entropy = sigmoid_cross_entropy,
     .mse_loss = mse_loss,
+    .poisson_loss = poisson_loss,
     .sgd_update = sgd_update,
     .rmsprop_update = rmsprop_update,
     .adam_update = adam_update,

@@ -21,6 +21,7 @@ typedef struct fm_kernels {
     FM_ENTRY(softmax_cross_entropy);
     FM_ENTRY(sigmoid_cross_entropy);
     FM_ENTRY(mse_loss);
+    FM_ENTRY(poisson_loss);
     FM_ENTRY(sgd_update);
     FM_ENTRY(rmsprop_update);
     FM_ENTRY(adam_update);

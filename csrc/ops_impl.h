@@ -181,6 +181,24 @@ static double mse_loss_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
     return (double)w * loss;
 }
 
+/* Poisson deviance (log link) of row i; returns w_i * loss_i. The prediction exp(z) is a float,
+ * as the network's output is: where it overflows (z > 88.7) the loss is infinite, not finite
+ * beside an infinite gradient. */
+static double poisson_loss_row(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N)
+{
+    const float *z = c->Z + i * N, *t = c->T + i * N;
+    float *dz = c->dZ + i * N;
+    float w = c->w ? c->w[i] : 1.0f, scale = w * c->inv;
+    double loss = 0.0;
+    for (ptrdiff_t j = 0; j < N; j++) {
+        float p = expf(z[j]);
+        double tj = t[j], xlogx = tj > 0.0 ? tj * log(tj) : (tj == 0.0 ? 0.0 : NAN);
+        loss += xlogx - tj * (double)z[j] - tj + (double)p;
+        dz[j] = (p - t[j]) * scale;
+    }
+    return (double)w * loss;
+}
+
 static int softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
                                  const float *w, float *dZ, double *loss, int nthreads)
 {
@@ -209,6 +227,18 @@ static int mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, co
     double mn = (double)M * (double)N;
     loss_ctx c = {P, T, w, NULL, dP, mn > 0 ? (float)(1.0 / mn) : 0.0f};
     *loss = mn > 0 ? sum_rows(M, N, mse_loss_row, &c, nthreads) / mn : 0.0;
+    return FM_OK;
+}
+
+static int poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+                        float *dZ, double *loss, int nthreads)
+{
+    if (M <= 0 || N <= 0) {
+        *loss = 0.0;
+        return FM_OK;
+    }
+    loss_ctx c = {Z, T, w, NULL, dZ, 1.0f / (float)M};
+    *loss = sum_rows(M, N, poisson_loss_row, &c, nthreads) / (double)M;
     return FM_OK;
 }
 

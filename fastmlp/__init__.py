@@ -2,7 +2,7 @@
 
 Kernels (float32, compiled C with OpenMP, SIMD paths chosen at import):
     matmul, bias_activation, activation_backward, bias_grad,
-    softmax_cross_entropy, sigmoid_cross_entropy, mse_loss,
+    softmax_cross_entropy, sigmoid_cross_entropy, mse_loss, poisson_loss,
     sgd_update, rmsprop_update, adam_update
 Their pure-NumPy twins live in fastmlp.reference; fastmlp.testing holds the comparison helper.
 Threads: set_num_threads / get_num_threads. Machine and build: info().
@@ -33,6 +33,7 @@ from .core import (
     matmul,
     measure_peak_gflops,
     mse_loss,
+    poisson_loss,
     reference,
     rmsprop_update,
     set_num_threads,
@@ -87,6 +88,6 @@ __all__ = [
     "ACTIVATIONS", "MLP", "MLPClassifier", "MLPRegressor", "TrainStep", "load", "optim",
     "activation_backward", "adam_update", "bias_activation", "bias_grad", "core",
     "get_num_threads", "info", "io", "matmul", "measure_peak_gflops", "model", "mse_loss",
-    "profile", "reference", "rmsprop_update", "set_num_threads", "sgd_update",
+    "poisson_loss", "profile", "reference", "rmsprop_update", "set_num_threads", "sgd_update",
     "sigmoid_cross_entropy", "softmax_cross_entropy", "testing",
 ]

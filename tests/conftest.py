@@ -114,3 +114,15 @@ def rng(request):
     """A generator seeded from the test's id, so each test (and parameter) has its own stream
     and a failure reproduces exactly."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_collection_modifyitems(items):
+    """A test module's DESELECTED (test id -> reason; tests/estimators/test_sklearn_suite.py)
+    marks those tests as strict xfails: one that starts passing shows the list is out of date."""
+    for item in items:
+        deselected = getattr(getattr(item, "module", None), "DESELECTED", None)
+        if not deselected:
+            continue
+        reason = deselected.get(item.name) or deselected.get(getattr(item, "originalname", ""))
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))

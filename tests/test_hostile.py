@@ -137,8 +137,9 @@ def cases():
                      grad_out=np.zeros((M, N), F)),
         dict(logits=arrays_bad((M, N)), labels=labels_bad,
              sample_weight=arrays_bad((M,), required=False), grad_out=outputs_bad((M, N))))
-    for loss, second in (("sigmoid_cross_entropy", "targets"), ("mse_loss", "target")):
-        first = "logits" if loss.startswith("sigmoid") else "pred"
+    for loss, second in (("sigmoid_cross_entropy", "targets"), ("mse_loss", "target"),
+                         ("poisson_loss", "targets")):
+        first = "pred" if loss == "mse_loss" else "logits"
         add(loss, lambda loss=loss, **k: getattr(fastmlp, loss)(**k),
             lambda first=first, second=second: {first: arr(M, N), second: arr(M, N),
                                                 "sample_weight": np.ones(M, F),
@@ -275,6 +276,7 @@ def cases():
                           ("str", lambda: ["x"]), ("scalar", lambda: 0.5),
                           ("too many", lambda: [0.1, 0.1]), ("string", lambda: "0")],
                  seed=[("str", lambda: "1"), ("float", lambda: 1.5), ("None", lambda: None)],
+                 nonfinite=STR_BAD + [("None", lambda: None)],
                  max_batch=INTS_BAD + [("2**40", lambda: 2**40)],
                  loss=STR_BAD + [("None", lambda: None), ("softmax", lambda: "softmax")],
                  optimizer=STR_BAD + [("None", lambda: None), ("lbfgs", lambda: "lbfgs")],
@@ -318,6 +320,13 @@ def cases():
         lambda: dict(X=arr(8, K), y=np.zeros(8, np.int32)), run_hostile)
     add("TrainStep.update", step_call("update"), lambda: dict(lr=0.1),
         dict(lr=NUMBERS_BAD + NEGATIVE))
+    full_hostile = {k: v for k, v in run_hostile.items() if k != "index"}
+    add("TrainStep.loss_and_grad", step_call("loss_and_grad"),
+        lambda: dict(X=arr(20, K), y=np.zeros(20, np.int32), out=np.zeros(4 * K + 4 + 4 * N + N)),
+        dict(full_hostile, X=arrays_bad((20, K)),
+             out=[("float32", lambda: np.zeros(4 * K + 4 + 4 * N + N, F)),
+                  ("short", lambda: np.zeros(3)), ("read-only", lambda: readonly(np.zeros(
+                      4 * K + 4 + 4 * N + N))), ("str", lambda: "x")]))
     add("MLP", lambda **k: fastmlp.MLP(**k),
         lambda: dict(layer_sizes=[4, 3, 2], activation="relu", dropout=0.1, random_state=0),
         dict(layer_sizes=[("one", lambda: [4]), ("zero", lambda: [4, 0, 2]),
@@ -384,12 +393,15 @@ def cases():
         dropout=[("1.0", lambda: 1.0), ("str", lambda: "x"), ("nan", lambda: float("nan")),
                  ("negative", lambda: -0.5), ("list", lambda: [0.1, 0.2])],
         weight_decay=reals, rho=reals + ABOVE_ONE, n_threads=THREADS_BAD,
+        max_fun=[("0", lambda: 0), ("str", lambda: "x"), ("float", lambda: 1.5)],
         callback=[("int", lambda: 3), ("str", lambda: "print")],
         random_state=[("str", lambda: "x"), ("float", lambda: 1.5), ("negative", lambda: -1)])
     for kind in ("MLPClassifier", "MLPRegressor"):       # imported (scikit-learn) only when run
         hostile = dict(est_hostile)
         if kind == "MLPClassifier":
             hostile["class_weight"] = [("bogus", lambda: "bogus"), ("int", lambda: 3)]
+        else:
+            hostile["loss"] = STR_BAD[:3] + [("None", lambda: None)]
         add(f"{kind}.fit",
             lambda kind=kind, **k: getattr(fastmlp, kind)(**k).fit(
                 X, y if kind == "MLPClassifier" else X[:, 0]),
@@ -573,6 +585,7 @@ def test_empty_problems_with_huge_row_counts_return_at_once(tmp_path):
         z = np.empty((2**40, 0), np.float32)
         assert fastmlp.sigmoid_cross_entropy(z, z)[0] == 0.0
         assert fastmlp.mse_loss(z, z)[0] == 0.0
+        assert fastmlp.poisson_loss(z, z)[0] == 0.0
         assert fastmlp.bias_activation(z, None, "relu").shape == z.shape
         assert fastmlp.activation_backward(z, "relu", y=z).shape == z.shape
         assert fastmlp.bias_grad(z).shape == (0,)

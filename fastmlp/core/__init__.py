@@ -6,7 +6,7 @@ training step TrainStep: one module, because the active ISA, the GEMM blocks and
 table are process state of the C library, and a second module would carry a second copy.
 
     kernels      matmul, bias_activation, activation_backward, bias_grad,
-                 softmax_cross_entropy, sigmoid_cross_entropy, mse_loss,
+                 softmax_cross_entropy, sigmoid_cross_entropy, mse_loss, poisson_loss,
                  sgd_update, rmsprop_update, adam_update   (their names: KERNELS)
     plan         matmul_plan (how matmul runs a product: GEMM_PATHS, threads, blocks)
     training     TrainStep (forward / backward / update in native code), flat_params,
@@ -43,6 +43,7 @@ from ._native import (
     matmul_plan,
     measure_peak_gflops,
     mse_loss,
+    poisson_loss,
     rmsprop_update,
     set_gemm_blocks,
     set_isa,
@@ -61,7 +62,7 @@ __all__ = [
     "TrainStep", "local_num_threads",
     "activation_backward", "adam_update", "bias_activation", "bias_grad", "dropout_mask",
     "flat_buffer", "flat_params", "gemm_blocks", "get_isa", "get_num_threads", "info", "matmul",
-    "matmul_plan", "measure_peak_gflops", "mse_loss", "reference", "rmsprop_update",
+    "matmul_plan", "measure_peak_gflops", "mse_loss", "poisson_loss", "reference", "rmsprop_update",
     "set_gemm_blocks", "set_isa", "set_num_threads", "sgd_update", "sigmoid_cross_entropy",
     "softmax_cross_entropy", "supported_isas", "testing",
 ]

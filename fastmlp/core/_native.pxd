@@ -60,6 +60,9 @@ cdef class TrainStep:
     cdef const float *w
     cdef double l2
     cdef int phase           # _PHASE_*: which phases the current batch has been through
+    cdef bint per_output_grad  # mse_loss: scikit-learn's per-output gradient (n_out times)
+    cdef bint with_l2        # _forward adds the L2 penalty (loss_and_grad adds it once itself)
+    cdef bint continue_nonfinite  # a non-finite loss does not stop the step (note j)
 
     cdef float *_buffer(self, Py_ssize_t n) except NULL
     cdef int _ensure_work(self, int nthreads) except -1
@@ -69,5 +72,8 @@ cdef class TrainStep:
     cdef int _forward(self, double *loss, int nt) noexcept nogil
     cdef int _backward(self, int nt) noexcept nogil
     cdef int _update(self, double lr, int nt) noexcept nogil
+    cdef int _validate_all(self, X, y, sample_weight, _Input *inp) except -1
+    cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
+                            int nt) noexcept nogil
     cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2,
                             int nt) noexcept nogil

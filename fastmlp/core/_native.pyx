@@ -581,7 +581,8 @@ def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
 
 
 cdef tuple _pair_loss(str kind, object pred, object target, object sample_weight, object grad_out):
-    cdef bint sig = kind == "sigmoid_cross_entropy"
+    # sigmoid_cross_entropy and poisson_loss take (logits, targets), mse_loss (pred, target)
+    cdef bint sig = kind != "mse_loss"
     cdef cnp.ndarray P = _input(pred, "logits" if sig else "pred", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(P, 0), N = cnp.PyArray_DIM(P, 1)
     cdef str first = "logits" if sig else "pred"
@@ -593,9 +594,12 @@ cdef tuple _pair_loss(str kind, object pred, object target, object sample_weight
                 same_ok=P)
     cdef double loss = 0
     cdef int nt = _threads()
+    cdef int kernel = KERNELS.index(kind)
     with nogil:
-        if sig:
+        if kernel == FM_K_SIGMOID_CROSS_ENTROPY:
             fm_sigmoid_cross_entropy(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
+        elif kernel == FM_K_POISSON_LOSS:
+            fm_poisson_loss(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
         else:
             fm_mse_loss(M, N, _ptr(P), _ptr(T), _ptr(w), _ptr(G), &loss, nt)
     return loss, G
@@ -618,6 +622,16 @@ def mse_loss(pred, target, sample_weight=None, *, grad_out=None):
     Returns (loss, grad): loss = (1/(M N)) sum_i w_i sum_j (p - t)^2 / 2, grad = w_i (p - t)/(M N).
     """
     return _pair_loss("mse_loss", pred, target, sample_weight, grad_out)
+
+
+def poisson_loss(logits, targets, sample_weight=None, *, grad_out=None):
+    """Half Poisson deviance with a log link (scikit-learn's poisson loss), and its gradient.
+
+    logits z (the log of the predicted means), targets t >= 0: float32 (M, N); sample_weight:
+    float32 (M,) or None. Returns (loss, grad): loss = (1/M) sum_i w_i sum_j (xlogy(t, t) - t z
+    - t + exp(z)), grad = w_i (exp(z) - t) / M. A negative target makes the loss NaN.
+    """
+    return _pair_loss("poisson_loss", logits, targets, sample_weight, grad_out)
 
 # ---- optimizers -------------------------------------------------------------------------------------
 # The hyperparameters' ranges, checked where they enter the native layer (here and in TrainStep):

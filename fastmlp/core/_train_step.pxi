@@ -23,18 +23,27 @@
 #    of _dropout_key, so they do not depend on the thread count nor on any RNG state: a step is a
 #    pure function of its inputs.
 # j) A non-finite loss raises FloatingPointError at forward: nothing is updated and backward and
-#    update refuse to run until the next forward.
+#    update refuse to run until the next forward. With nonfinite="continue" (scikit-learn's
+#    behaviour, for its early stopping) the step goes on and returns the loss: the parameters
+#    take whatever the gradient holds, NaN included.
+# k) loss_and_grad (full-batch solvers) runs forward and backward over the data in chunks of
+#    max_batch rows and sums chunk c's data gradient times its weight W_c (its row count, or its
+#    sum of sample weights) into a float64 buffer, then divides by the total W and adds the L2
+#    term alpha / W * W_l: the gradient of sum_i w_i l_i / W + alpha / (2 W) ||W||^2, exactly
+#    the objective of a batch holding all the data. The chunks depend on max_batch only, so the
+#    result is the same at any thread count.
 # A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
 
 from libc.stdint cimport uint64_t
 from cython.parallel cimport prange
 from libc.string cimport memcpy
-from libc.math cimport isfinite
+from libc.math cimport isfinite, NAN
 from libc.stdlib cimport calloc, free
 
 # TrainStep's vocabulary is the kernels': a loss is the kernel that computes it, an optimizer is
 # named after its update kernel.
-cdef tuple _LOSS_KERNELS = (FM_K_SOFTMAX_CROSS_ENTROPY, FM_K_SIGMOID_CROSS_ENTROPY, FM_K_MSE_LOSS)
+cdef tuple _LOSS_KERNELS = (FM_K_SOFTMAX_CROSS_ENTROPY, FM_K_SIGMOID_CROSS_ENTROPY, FM_K_MSE_LOSS,
+                            FM_K_POISSON_LOSS)
 cdef tuple _UPDATE_KERNELS = (FM_K_SGD_UPDATE, FM_K_RMSPROP_UPDATE, FM_K_ADAM_UPDATE)
 LOSSES = tuple(KERNELS[k] for k in _LOSS_KERNELS)
 OPTIMIZERS = tuple(KERNELS[k].removesuffix("_update") for k in _UPDATE_KERNELS)
@@ -43,6 +52,9 @@ cdef enum:                   # TrainStep.phase: how far the current batch has go
     _PHASE_NONE = 0          # no batch, or its update is done
     _PHASE_FORWARD = 1
     _PHASE_BACKWARD = 2
+
+cdef enum:
+    _STATUS_ZERO_WEIGHT = 1  # _loss_and_grad: the sample weights sum to zero
 
 
 cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
@@ -70,6 +82,12 @@ cdef void _mul_inplace(ptrdiff_t n, float *x, const float *m) noexcept nogil:
     cdef ptrdiff_t i
     for i in range(n):
         x[i] = x[i] * m[i]
+
+
+cdef void _scale(ptrdiff_t n, float *x, float s) noexcept nogil:
+    cdef ptrdiff_t i
+    for i in range(n):
+        x[i] = x[i] * s
 
 
 cdef double _sum_squares(ptrdiff_t n, const float *x) noexcept nogil:
@@ -179,7 +197,8 @@ cdef class TrainStep:
     activations: one name per hidden layer (ACTIVATIONS); the output layer is identity (the loss
         applies softmax / sigmoid).
     loss: "softmax_cross_entropy" (integer labels), "sigmoid_cross_entropy" (binary /
-        multi-label targets) or "mse_loss" (LOSSES: the kernels that compute them).
+        multi-label targets), "mse_loss" or "poisson_loss" (log link: the output layer's value is
+        the log of the predicted mean) (LOSSES: the kernels that compute them).
     max_batch: the largest batch accepted; buffers are sized for it.
     optimizer: "sgd" (momentum, nesterov: scikit-learn's form), "rmsprop" (rho, eps) or "adam"
         (beta1, beta2, eps; weight_decay > 0 makes it AdamW) (OPTIMIZERS).
@@ -188,9 +207,16 @@ cdef class TrainStep:
         M is the batch's sum of weights (note h).
     dropout: None or one rate in [0, 1) per hidden layer (inverted dropout on its output).
     seed: dropout's seed.
+    nonfinite: "raise" (a non-finite loss raises FloatingPointError and updates nothing) or
+        "continue" (the step goes on; forward and run return the loss) (note j).
+    per_output_grad: with "mse_loss" and several outputs, step with scikit-learn's gradient:
+        each output's half mean squared error differentiated on its own, n_outputs times the
+        gradient of the reported loss (their mean). False (the default): the loss's own gradient.
 
     Phases: forward(X, y, sample_weight, index=) -> loss; backward() fills flat_grads;
     update(lr) steps the optimizer. run(...) is the three in one native call.
+    loss_and_grad(X, y, sample_weight) is the loss and gradient over all of X, for full-batch
+    solvers (note k).
 
     Attributes: t (the number of updates done; Adam's step), params and grads (views of
     flat_params and flat_grads, in the order of params), n_params, n_weights (the weights come
@@ -205,7 +231,7 @@ cdef class TrainStep:
 
     def __init__(self, params, activations, loss, max_batch, *, optimizer="adam", momentum=0.9,
                  nesterov=False, beta1=0.9, beta2=0.999, rho=0.9, eps=1e-8, weight_decay=0.0,
-                 alpha=0.0, dropout=None, seed=0):
+                 alpha=0.0, dropout=None, seed=0, per_output_grad=False, nonfinite="raise"):
         params = _param_list(params)
         cdef int L = len(params) // 2, l
         if isinstance(activations, (str, bytes)) or not hasattr(activations, "__iter__"):
@@ -257,7 +283,8 @@ cdef class TrainStep:
         self._config = dict(loss=loss, max_batch=int(max_batch), optimizer=optimizer,
                             momentum=momentum, nesterov=bool(nesterov), beta1=beta1, beta2=beta2,
                             rho=rho, eps=eps, weight_decay=weight_decay, alpha=alpha,
-                            dropout=dropout, seed=int(seed))
+                            dropout=dropout, seed=int(seed),
+                            per_output_grad=bool(per_output_grad), nonfinite=nonfinite)
         self.params, self.activations, self.dropout = params, activations, dropout
         self.loss, self.optimizer, self.max_batch = loss, optimizer, max_batch
         self.loss_kernel = _LOSS_KERNELS[LOSSES.index(loss)]
@@ -266,6 +293,11 @@ cdef class TrainStep:
         self.beta1, self.beta2, self.rho, self.eps = beta1, beta2, rho, eps
         self.weight_decay, self.alpha = weight_decay, alpha
         self.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        self.per_output_grad = bool(per_output_grad) and loss == "mse_loss"
+        self.with_l2 = 1
+        if nonfinite not in ("raise", "continue"):
+            raise ValueError(f"nonfinite must be 'raise' or 'continue', got {nonfinite!r}")
+        self.continue_nonfinite = nonfinite == "continue"
         self.t = 0
         self.phase = _PHASE_NONE
 
@@ -478,15 +510,20 @@ cdef class TrainStep:
         elif self.loss_kernel == FM_K_SIGMOID_CROSS_ENTROPY:
             status = fm_sigmoid_cross_entropy(M, ly.n_out, ly.Y, <const float *>self.y, self.w,
                                               ly.D, loss, nt)
+        elif self.loss_kernel == FM_K_POISSON_LOSS:
+            status = fm_poisson_loss(M, ly.n_out, ly.Y, <const float *>self.y, self.w, ly.D, loss,
+                                     nt)
         else:
             status = fm_mse_loss(M, ly.n_out, ly.Y, <const float *>self.y, self.w, ly.D, loss, nt)
+            if self.per_output_grad and ly.n_out > 1:
+                _scale(M * ly.n_out, ly.D, <float>ly.n_out)
         if status != FM_OK:
             return status
-        if self.alpha > 0:
+        if self.alpha > 0 and self.with_l2:
             for l in range(L):
                 sq += _sum_squares(self.layers[l].n_in * self.layers[l].n_out, self.layers[l].W)
             loss[0] += 0.5 * self.l2 * sq
-        if isfinite(loss[0]):
+        if isfinite(loss[0]) or self.continue_nonfinite:
             self.phase = _PHASE_FORWARD
         return FM_OK
 
@@ -584,7 +621,7 @@ cdef class TrainStep:
             self._load(&inp, nt)
             status = self._forward(&loss, nt)
         self._raise(status)
-        if not isfinite(loss):
+        if not isfinite(loss) and not self.continue_nonfinite:
             raise FloatingPointError(f"the loss became {loss} at step {self.t + 1}; the "
                                      "parameters were not updated")
         return loss
@@ -631,10 +668,114 @@ cdef class TrainStep:
                 if status == FM_OK:
                     self._update(lr_, nt)
         self._raise(status)
-        if not isfinite(loss):
+        if not isfinite(loss) and not self.continue_nonfinite:
             raise FloatingPointError(f"the loss became {loss} at step {self.t + 1}; the "
                                      "parameters were not updated")
         return loss
+
+    def loss_and_grad(self, X, y, sample_weight=None, *, out=None):
+        """The loss over all of X and its gradient (note k), for full-batch solvers (L-BFGS).
+
+        X, y, sample_weight: as forward's, any number of rows (processed max_batch at a time);
+        the parameters are read from flat_params. out: None or a float64 (n_params,) array.
+        Returns (loss, grad): loss = sum_i w_i l_i / W + alpha / (2 W) sum ||W_l||^2 with W the
+        sum of the sample weights (the row count without them), grad its gradient in the flat
+        layout [W0, ..., b0, ...] as float64. Nothing is updated; t does not change. Raises
+        FloatingPointError if the loss is not finite, ValueError with dropout (the loss must be
+        a deterministic function of the parameters) or if the weights sum to zero.
+        """
+        if any(p > 0 for p in self.dropout):
+            raise ValueError("loss_and_grad needs a network without dropout (a full-batch "
+                             "solver needs a deterministic loss)")
+        cdef _Input all_rows
+        self._validate_all(X, y, sample_weight, &all_rows)
+        if out is None:
+            out = np.empty(self.n_params, np.float64)
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.ndim == 1
+                  and out.shape[0] == self.n_params and out.flags.c_contiguous
+                  and out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous float64 array of shape "
+                             f"({self.n_params},)")
+        cdef double *acc = <double *>cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef int nt = _threads()
+        self._ensure_work(nt)
+        cdef double loss = 0
+        cdef int status
+        with nogil:
+            status = self._loss_and_grad(&all_rows, acc, &loss, nt)
+        self._raise(status)
+        if status == _STATUS_ZERO_WEIGHT:
+            raise ValueError("sample_weight sums to zero: the loss is undefined")
+        if not isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss}")
+        return loss, out
+
+    cdef int _validate_all(self, X, y, sample_weight, _Input *inp) except -1:
+        """_validate for all the rows of X, however many (loss_and_grad cuts them in chunks)."""
+        cdef ptrdiff_t keep = self.max_batch
+        self.max_batch = max(1, len(X) if hasattr(X, "__len__") else 1)
+        try:
+            self._validate(X, y, sample_weight, None, inp)
+        finally:
+            self.max_batch = keep
+        return 0
+
+    cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
+                            int nt) noexcept nogil:
+        """Note k, over the rows inp describes (any number). Returns FM_OK, FM_EINVAL,
+        FM_ENOMEM or _STATUS_ZERO_WEIGHT; *loss is NaN when a chunk's loss is not finite."""
+        cdef ptrdiff_t n = inp.M, start = 0, rows, i, n_in = self.layers[0].n_in
+        cdef ptrdiff_t n_out = self.layers[self.n_layers - 1].n_out
+        cdef size_t ysize = sizeof(int32_t) if self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY \
+            else n_out * sizeof(float)
+        cdef double total_w = 0, chunk_w, chunk_loss, sq = 0
+        cdef int status, l
+        cdef _Input chunk
+        for i in range(self.n_params):
+            acc[i] = 0
+        self.with_l2 = 0
+        while start < n:
+            rows = min(self.max_batch, n - start)
+            chunk.rows, chunk.M, chunk.idx = rows, rows, NULL
+            chunk.X = inp.X + start * n_in
+            chunk.y = <const char *>inp.y + start * ysize
+            chunk.w = inp.w + start if inp.w != NULL else NULL
+            chunk_w = rows
+            if inp.w != NULL:
+                chunk_w = 0
+                for i in range(rows):
+                    chunk_w += chunk.w[i]
+            self._load(&chunk, nt)
+            chunk_loss = 0
+            status = self._forward(&chunk_loss, nt)
+            if status == FM_OK and self.phase == _PHASE_FORWARD:
+                status = self._backward(nt)
+            if status != FM_OK:
+                self.with_l2 = 1
+                return status
+            if self.phase != _PHASE_BACKWARD:      # a non-finite loss
+                self.with_l2 = 1
+                loss[0] = NAN
+                return FM_OK
+            loss[0] += chunk_w * chunk_loss
+            for i in range(self.n_params):
+                acc[i] += chunk_w * self.g_flat[i]
+            total_w += chunk_w
+            start += rows
+        self.with_l2 = 1
+        self.phase = _PHASE_NONE
+        if total_w == 0:
+            return _STATUS_ZERO_WEIGHT
+        for i in range(self.n_params):
+            acc[i] /= total_w
+        loss[0] /= total_w
+        if self.alpha > 0:
+            for l in range(self.n_layers):
+                sq += _sum_squares(self.layers[l].n_in * self.layers[l].n_out, self.layers[l].W)
+            loss[0] += 0.5 * self.alpha * sq / total_w
+            for i in range(self.n_weights):
+                acc[i] += self.alpha * self.p_flat[i] / total_w
+        return FM_OK
 
 
 def _rebuild_train_step(args, config, t, state):

@@ -43,6 +43,7 @@ cdef extern from "fastmlp.h" nogil:
         FM_K_SGD_UPDATE
         FM_K_RMSPROP_UPDATE
         FM_K_ADAM_UPDATE
+        FM_K_POISSON_LOSS
         FM_K_COUNT
 
     enum:
@@ -105,6 +106,8 @@ cdef extern from "fastmlp.h" nogil:
                                  const float *w, float *dZ, double *loss, int nthreads)
     int fm_mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
                     float *dP, double *loss, int nthreads)
+    int fm_poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+                        float *dZ, double *loss, int nthreads)
 
     # optimizer updates
     void fm_sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2,

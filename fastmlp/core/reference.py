@@ -29,6 +29,7 @@ __all__ = [
     "softmax_cross_entropy",
     "sigmoid_cross_entropy",
     "mse_loss",
+    "poisson_loss",
     "sgd_update",
     "rmsprop_update",
     "adam_update",
@@ -296,6 +297,32 @@ def mse_loss(pred, target, sample_weight=None, *, grad_out=None):
     loss = (w * (0.5 * diff * diff)).sum() / (m * n)
     grad = w * diff / (m * n)
     return float(loss), _store(grad, grad_out)
+
+
+def poisson_loss(logits, targets, sample_weight=None, *, grad_out=None):
+    """Half Poisson deviance with a log link, as scikit-learn's poisson_loss on exp(z).
+
+    logits z, targets t >= 0: (M, N); sample_weight w: (M,) or None.
+    loss = (1/M) sum_i w_i sum_j (xlogy(t, t) - t z - t + exp(z)); grad = w_i (exp(z) - t) / M.
+    Returns (loss, grad); M == 0 gives (0.0, empty grad).
+    """
+    z = np.asarray(logits)
+    _check_2d(z, "logits")
+    t = np.asarray(targets, dtype=z.dtype)
+    if t.shape != z.shape:
+        raise ValueError(f"targets shape {t.shape} does not match logits shape {z.shape}")
+    m = z.shape[0]
+    if m == 0:
+        return 0.0, _store(np.zeros_like(z), grad_out)
+    w = _weights(sample_weight, m, z.dtype)
+    p = np.exp(z.astype(np.float64))
+    t64 = t.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xlogx = np.where(t64 > 0, t64 * np.log(np.where(t64 > 0, t64, 1)),
+                         np.where(t64 == 0, 0.0, np.nan))
+    loss = (w.astype(np.float64) * (xlogx - t64 * z - t64 + p)).sum() / m
+    grad = w * (p.astype(z.dtype) - t) / m
+    return float(loss), _store(grad.astype(z.dtype), grad_out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,6 @@
 The only part of fastmlp that imports scikit-learn (pip install "fastmlp[sklearn]"). Built on
 fastmlp.core (TrainStep), fastmlp.model (init_params, optim's schedules) and fastmlp.io.
 """
-from .mlp import MLPClassifier, MLPRegressor
+from .mlp import MLPClassifier, MLPRegressor, NonFiniteWeightsError
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError"]

@@ -1,13 +1,22 @@
 """scikit-learn compatible MLPClassifier and MLPRegressor trained by fastmlp's kernels.
 
 Parameters and attributes mean what they mean in scikit-learn's ``sklearn.neural_network``
-estimators (same names, defaults and formulas; solver "lbfgs" is not offered), plus:
+estimators (same names, defaults, formulas, solvers, errors and warnings), plus:
 ``dropout``, ``weight_decay`` (AdamW), ``rho`` (RMSProp), ``class_weight``, ``n_threads``,
 ``callback``, schedules for every solver (``learning_rate``), and an explicit validation set
 (``fit(..., X_val=, y_val=)``).
 
 Computation is float32: X (any float or int dtype) and regression targets are converted to
-float32 C-contiguous arrays before training and prediction; predictions are float32.
+float32 C-contiguous arrays before training and prediction; predictions are float32. Values too
+large for float32 become inf, and training then stops with scikit-learn's error for
+non-finite weights (``NonFiniteWeightsError``, a ValueError).
+
+solver="lbfgs" runs SciPy's L-BFGS-B on scikit-learn's objective (data loss + L2 penalty over the
+whole training set), evaluated natively (``TrainStep.loss_and_grad``: chunks of rows, float64
+accumulation). SciPy's iterates are float64 and are rounded to float32 for each evaluation, so
+the objective it sees is flat below float32's resolution: where scikit-learn's float64 lbfgs keeps
+shaving the last digits of the loss, fastmlp's may end earlier with SciPy's "ABNORMAL" line-search
+status (a ConvergenceWarning) at a loss equal to scikit-learn's to about float32 precision.
 Weights are initialised as scikit-learn does (uniform Glorot variant, ``init="sklearn"`` of
 ``fastmlp.model.init_params``), so a drop-in replacement starts from the same distribution; given
 the same initial weights and batches, the weights and loss curve match scikit-learn's to float32
@@ -19,20 +28,28 @@ the model API work without it.
 import math
 import time
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 
 try:
-    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    import scipy.optimize
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
     from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state
     from sklearn.utils.class_weight import compute_sample_weight
-    from sklearn.utils.multiclass import check_classification_targets, type_of_target, \
-        unique_labels
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+    from sklearn.utils._param_validation import (Interval, InvalidParameterError, Options,
+                                                 StrOptions)
+    from sklearn.utils.metaestimators import available_if
+    from sklearn.utils.multiclass import (_check_partial_fit_first_call,
+                                          check_classification_targets, type_of_target,
+                                          unique_labels)
+    from sklearn.utils.optimize import _check_optimize_result
+    from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                          validate_data)
 except ImportError as e:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("fastmlp.MLPClassifier and MLPRegressor need scikit-learn >= 1.6: "
                       "pip install 'fastmlp[sklearn]' (or pip install scikit-learn)") from e
@@ -42,22 +59,81 @@ from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, flat_buffer, flat_param
                     local_num_threads, matmul)
 from ..model import init_params, optim
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError"]
 
-SOLVERS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop"}
+# solver -> TrainStep's optimizer (lbfgs: none, the full-batch loss and gradient)
+SOLVERS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "lbfgs": None}
 SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
+LBFGS_CHUNK = 4096    # rows per native forward / backward of the full-batch objective
+
+
+class NonFiniteWeightsError(ValueError, FloatingPointError):
+    """Training produced non-finite weights (scikit-learn raises a ValueError with this
+    message; this is also a FloatingPointError, what fastmlp raised before)."""
+
+    def __init__(self, detail=""):
+        super().__init__("Solver produced non-finite parameter weights. The input data may "
+                         "contain large values and need to be preprocessed." + detail)
+
+
+def _float32(X):
+    """X (validated, float64 or float32) as the kernels' float32 C-contiguous array; values beyond
+    float32's range become inf (training then stops with NonFiniteWeightsError)."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _stochastic(est):
+    """partial_fit exists only for the stochastic solvers, as in scikit-learn."""
+    if est.solver == "lbfgs":
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                             f"{est.solver} is not stochastic.")
+    return True
 
 
 class _BaseMLP(BaseEstimator):
     _loss = None   # TrainStep's loss (fastmlp.core.LOSSES), chosen per fit by the subclass
+
+    # scikit-learn's constraints (InvalidParameterError, its messages) widened to fastmlp's
+    # options; list-valued activation / dropout and finiteness are checked in _check_params.
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(ACTIVATIONS)), "array-like"],
+        "solver": [StrOptions(set(SOLVERS))],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions(set(SCHEDULES)), callable],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "rho": [Interval(Real, 0, 1, closed="left")],
+        "n_threads": [None, Interval(Integral, 1, MAX_THREADS, closed="both")],
+        "callback": [None, callable],
+    }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 weight_decay=0.0, rho=0.9, n_threads=None, callback=None):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -80,6 +156,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dropout = dropout
         self.weight_decay = weight_decay
         self.rho = rho
@@ -89,8 +166,10 @@ class _BaseMLP(BaseEstimator):
     # ---- validation ------------------------------------------------------------------------
 
     def _check_params(self):
+        self._validate_params()
+
         def bad(name, expected):
-            raise ValueError(f"The '{name}' parameter of {type(self).__name__} must be "
+            raise InvalidParameterError(f"The '{name}' parameter of {type(self).__name__} must be "
                              f"{expected}. Got {getattr(self, name)!r} instead.")
 
         def is_int(v):
@@ -156,7 +235,7 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes], acts, [float(p) for p in drop]
 
     def _validate_X(self, X, reset):
-        return validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        return _float32(validate_data(self, X, reset=reset, dtype=(np.float64, np.float32)))
 
     # ---- training --------------------------------------------------------------------------
 
@@ -185,18 +264,31 @@ class _BaseMLP(BaseEstimator):
                              f"the parameters and data give {layer_units}")
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         rng = np.random.default_rng(seed)
+        if self.solver == "lbfgs" and any(drop):
+            raise InvalidParameterError("dropout needs a stochastic solver: L-BFGS needs a "
+                                        "deterministic objective")
         if first_pass:
             self._initialize(layer_units, acts, rng)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        if self.solver == "lbfgs":
+            if X_val is not None:
+                raise ValueError("X_val / y_val: solver='lbfgs' has no epochs to score them "
+                                 "after; use a stochastic solver")
+            with local_num_threads(self.n_threads):
+                self._fit_lbfgs(acts, X, targets, sample_weight)
+            self._check_finite()
+            return self
 
         X_train, t_train, w_train = X, targets, sample_weight
         if X_val is not None:
             X_val = self._validate_X(X_val, reset=False)
             y_val = np.asarray(y_val)
         elif self.early_stopping:
-            stratify = y if self._loss == "softmax_cross_entropy" or (
-                self._loss == "sigmoid_cross_entropy" and y.ndim == 1) else None
+            # scikit-learn stratifies on its encoded targets, and only with one output column
+            # (binary classification): its split and its error messages are these
+            stratify = targets.astype(bool) if is_classifier(self) and n_outputs == 1 \
+                and self._loss == "sigmoid_cross_entropy" else None
             split = train_test_split(np.arange(len(X)), random_state=seed,
                                      test_size=self.validation_fraction, stratify=stratify)
             tr, va = split
@@ -219,7 +311,50 @@ class _BaseMLP(BaseEstimator):
         with local_num_threads(self.n_threads):
             self._epochs(step, schedule, X_train, t_train, w_train, X_val, y_val, batch, rng,
                          incremental)
+        self._check_finite()
         return self
+
+    def _check_finite(self, detail=""):
+        if not all(np.isfinite(p).all() for p in self.coefs_ + self.intercepts_):
+            raise NonFiniteWeightsError(detail)
+
+    def _fit_lbfgs(self, acts, X, targets, sample_weight):
+        """scikit-learn's lbfgs: SciPy's L-BFGS-B on the full-data objective (loss + L2),
+        evaluated by TrainStep.loss_and_grad in float32 with float64 sums."""
+        params = [p for pair in zip(self.coefs_, self.intercepts_) for p in pair]
+        if flat_buffer(params) is None:
+            params = flat_params(params)
+            self.coefs_, self.intercepts_ = params[0::2], params[1::2]
+        step = TrainStep(params, acts, self._loss, min(len(X), LBFGS_CHUNK), optimizer="sgd",
+                         momentum=0.0, alpha=self.alpha, per_output_grad=True)
+        flat = step.flat_params
+        last = {"loss": np.nan}
+
+        def objective(x):
+            with np.errstate(over="ignore", invalid="ignore"):
+                flat[...] = x
+            try:
+                loss, grad = step.loss_and_grad(X, targets, sample_weight)
+            except FloatingPointError:
+                loss, grad = np.inf, np.zeros(step.n_params)   # L-BFGS-B backs off
+            last["loss"] = loss
+            return loss, grad
+
+        def iteration_done(xk):
+            # the line search's last evaluation is at the accepted point
+            self.loss_curve_.append(float(last["loss"]))
+            if self.verbose:
+                print(f"Iteration {len(self.loss_curve_)}, loss = {last['loss']:.8f}")
+
+        self.loss_curve_ = []
+        result = scipy.optimize.minimize(
+            objective, flat.astype(np.float64), method="L-BFGS-B", jac=True,
+            callback=iteration_done,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        self.loss_ = float(result.fun)
+        with np.errstate(over="ignore", invalid="ignore"):
+            flat[...] = result.x
 
     def _initialize(self, layer_units, acts, rng):
         params = flat_params(init_params(layer_units, acts + ["identity"], "sklearn", rng))
@@ -229,13 +364,16 @@ class _BaseMLP(BaseEstimator):
         self.n_outputs_ = layer_units[-1]
         self.out_activation_ = {"softmax_cross_entropy": "softmax",
                                 "sigmoid_cross_entropy": "logistic",
-                                "mse_loss": "identity"}[self._loss]
+                                "mse_loss": "identity", "poisson_loss": "exp"}[self._loss]
         self.loss_curve_ = []
         self._no_improvement_count = 0
         self.validation_scores_ = [] if self.early_stopping else None
         self.best_validation_score_ = -np.inf if self.early_stopping else None
         self.best_loss_ = None if self.early_stopping else np.inf
-        for name in ("_step", "_plateau", "_best_coefs", "_best_intercepts"):
+        # as scikit-learn: early stopping restores these if no epoch improves on them
+        self._best_coefs = [c.copy() for c in self.coefs_]
+        self._best_intercepts = [b.copy() for b in self.intercepts_]
+        for name in ("_step", "_plateau"):
             self.__dict__.pop(name, None)
 
     def _train_step(self, acts, drop, batch, seed, incremental):
@@ -256,7 +394,7 @@ class _BaseMLP(BaseEstimator):
             momentum=self.momentum, nesterov=self.nesterovs_momentum, beta1=self.beta_1,
             beta2=self.beta_2, rho=self.rho, eps=self.epsilon,
             weight_decay=self.weight_decay if self.solver == "adamw" else 0.0, alpha=self.alpha,
-            dropout=drop, seed=seed)
+            dropout=drop, seed=seed, per_output_grad=True, nonfinite="continue")
         if incremental and old is not None and len(old.state) == len(step.state):
             for dst, src in zip(step.state, old.state):
                 dst[...] = src
@@ -310,27 +448,23 @@ class _BaseMLP(BaseEstimator):
         try:
             for _ in range(1 if incremental else self.max_iter):
                 lr = float(schedule(self.t_))
-                snapshot = [p.copy() for p in step.params]
-                t0, total, k = time.perf_counter(), 0.0, 0
+                t0, total = time.perf_counter(), 0.0
                 if self.shuffle:
                     rng.shuffle(order)
-                try:
-                    for k, start in enumerate(range(0, n, batch)):
-                        idx = order[start:start + batch]
-                        total += step.run(X, targets, w, lr=lr, index=idx) * len(idx)
-                except FloatingPointError as e:
-                    for p, s in zip(step.params, snapshot):
-                        p[...] = s
-                    raise FloatingPointError(
-                        f"training diverged at epoch {self.n_iter_ + 1}, step {k + 1}: {e}. "
-                        f"The learning rate {lr:g} is probably too high (or the inputs are "
-                        f"badly scaled); the weights of the last completed epoch were kept."
-                    ) from None
+                # a non-finite loss does not stop the epoch (TrainStep nonfinite="continue"):
+                # as in scikit-learn, early stopping may still restore the best weights
+                for start in range(0, n, batch):
+                    idx = order[start:start + batch]
+                    total += step.run(X, targets, w, lr=lr, index=idx) * len(idx)
                 seconds = time.perf_counter() - t0
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_ = total / n
                 self.loss_curve_.append(self.loss_)
+                if not math.isfinite(self.loss_) and not self.early_stopping:
+                    # scikit-learn would train on to max_iter and raise this at the end
+                    self._check_finite(f" The loss became {self.loss_} at epoch "
+                                       f"{self.n_iter_}: a lower learning_rate_init may help.")
                 score = None
                 if X_val is not None:
                     score = self._score_internal(X_val, y_val)
@@ -376,7 +510,7 @@ class _BaseMLP(BaseEstimator):
                 self._no_improvement_count += 1
             else:
                 self._no_improvement_count = 0
-            if score > self.best_validation_score_ or not hasattr(self, "_best_coefs"):
+            if score > self.best_validation_score_:
                 self.best_validation_score_ = score
                 self._best_coefs = [c.copy() for c in self.coefs_]
                 self._best_intercepts = [b.copy() for b in self.intercepts_]
@@ -402,7 +536,9 @@ class _BaseMLP(BaseEstimator):
                 act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
                     else acts[l]
                 a = matmul(a, W, bias=b, activation=act)
-        if self.out_activation_ == "softmax":
+        if self.out_activation_ == "exp":
+            np.exp(a, out=a)
+        elif self.out_activation_ == "softmax":
             a -= a.max(axis=1, keepdims=True)
             np.exp(a, out=a)
             a /= a.sum(axis=1, keepdims=True)
@@ -488,14 +624,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """
 
     _FILE_KIND = "MLPClassifier"     # what a saved file says it holds (subclasses too)
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "class_weight": [None, dict, StrOptions({"balanced"})],
+    }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 weight_decay=0.0, rho=0.9, n_threads=None, callback=None, class_weight=None):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
+                 class_weight=None):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
@@ -503,18 +644,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             verbose=verbose, warm_start=warm_start, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, dropout=dropout,
-            weight_decay=weight_decay, rho=rho, n_threads=n_threads, callback=callback)
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            dropout=dropout, weight_decay=weight_decay, rho=rho, n_threads=n_threads,
+            callback=callback)
         self.class_weight = class_weight
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, order="C",
+        X, y = validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32),
                              multi_output=True)
+        X = _float32(X)
         if y.ndim == 2 and y.shape[1] == 1:
-            warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
-                          "change the shape of y to (n_samples,), for example using ravel().",
-                          DataConversionWarning, stacklevel=3)
-            y = y.ravel()
+            y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         # The same class bookkeeping as scikit-learn (fit / warm_start / partial_fit).
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
@@ -549,18 +689,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _n_outputs(self, targets):
         return len(self.classes_) if self._loss == "softmax_cross_entropy" else targets.shape[1]
 
+    @available_if(_stochastic)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), keeping the weights and the optimizer state between calls.
-        classes: every class, required on the first call (as in scikit-learn)."""
-        if not hasattr(self, "classes_"):
-            if classes is None and not type_of_target(y).startswith("multilabel"):
-                raise ValueError("classes must be passed on the first call to partial_fit.")
+        classes: every class (for multi-label y, every label column), required on the first
+        call (as in scikit-learn). Only for the stochastic solvers."""
+        if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
-            self._label_binarizer.fit(y if classes is None else classes)
-            self.classes_ = self._label_binarizer.classes_
-        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
-                             f"partial_fit, was: {self.classes_!r}")
+            self._label_binarizer.fit(y if type_of_target(y).startswith("multilabel")
+                                      else classes)
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _score_internal(self, X, y):
@@ -633,21 +770,54 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multi-layer perceptron regressor (scikit-learn's MLPRegressor API, fastmlp kernels):
-    identity output, half squared error. Targets (n_samples,) or (n_samples, n_outputs) are
-    converted to float32. See the module docstring for the parameters.
+    """Multi-layer perceptron regressor (scikit-learn's MLPRegressor API, fastmlp kernels).
 
-    With several outputs the loss is scikit-learn's (half the mean over samples and outputs) and
-    so is the reported loss_curve_, but the gradient is that loss's true gradient, 1 / n_outputs
-    of the one scikit-learn steps with (it divides by the batch only): at the same learning rate
-    multi-output training takes smaller steps than scikit-learn's. Single-output is identical."""
+    loss: "squared_error" (identity output, half squared error) or "poisson" (log link: the
+    output is exp of the last layer, half Poisson deviance; y must be >= 0). Targets
+    (n_samples,) or (n_samples, n_outputs) are converted to float32. See the module docstring
+    for the other parameters.
+
+    With several outputs and squared_error, loss_curve_ is scikit-learn's loss (half the mean over
+    samples and outputs) and the steps are scikit-learn's too: each output's own half mean
+    squared error differentiated (n_outputs times the gradient of that mean), so the trajectory
+    is scikit-learn's, lbfgs included (TrainStep per_output_grad)."""
 
     _FILE_KIND = "MLPRegressor"
     _loss = "mse_loss"
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="squared_error",
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None):
+        super().__init__(
+            hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+            learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+            max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+            verbose=verbose, warm_start=warm_start, momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            dropout=dropout, weight_decay=weight_decay, rho=rho, n_threads=n_threads,
+            callback=callback)
+        self.loss = loss
 
     def _validate_input(self, X, y, incremental, reset):
-        return validate_data(self, X, y, reset=reset, dtype=np.float32, order="C",
+        X, y = validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32),
                              multi_output=True, y_numeric=True)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        self._loss = "poisson_loss" if self.loss == "poisson" else "mse_loss"
+        if self._loss == "poisson_loss" and (np.asarray(y) < 0).any():
+            raise ValueError("loss='poisson' needs y >= 0 (counts or rates); some value(s) of y "
+                             "are negative")
+        return _float32(X), y
 
     def _class_weights(self, y, sample_weight):
         return sample_weight
@@ -655,11 +825,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.target_tags.positive_only = self.loss == "poisson"
         return tags
 
     def _read_extra(self, f):
-        f.expect(f.out_activation == "identity",
-                 f"a regressor's output must be identity, got {f.out_activation!r}")
+        want = "exp" if self.loss == "poisson" else "identity"
+        f.expect(f.out_activation == want, f"a regressor with loss={self.loss!r} has a {want} "
+                                           f"output, the file says {f.out_activation!r}")
+        self._loss = "poisson_loss" if self.loss == "poisson" else "mse_loss"
 
     def _encode(self, y):
         return np.ascontiguousarray(y.reshape(len(y), -1), dtype=np.float32)
@@ -667,8 +840,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _n_outputs(self, targets):
         return targets.shape[1]
 
+    @available_if(_stochastic)
     def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over (X, y), keeping the weights and the optimizer state between calls."""
+        """One epoch over (X, y), keeping the weights and the optimizer state between calls.
+        Only for the stochastic solvers."""
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _score_internal(self, X, y):

@@ -29,7 +29,8 @@ __all__ = ["FORMAT_VERSION", "MAX_BYTES", "ModelFile", "ModelFileError", "json_v
 
 FORMAT_VERSION = 1
 MAX_BYTES = 2 << 30          # default size cap of a model file (2 GiB)
-OUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)   # an output layer may also end in softmax
+OUT_ACTIVATIONS = ACTIVATIONS + ("softmax", "exp")   # an output layer may also end in softmax
+#                                                     or exp (a Poisson regressor's log link)
 
 
 def json_value(v):

@@ -208,7 +208,8 @@ class MLP:
         """A TrainStep over this model's parameters (updated in place): one native call per
         minibatch, or its phases. loss: "softmax_cross_entropy", "sigmoid_cross_entropy" or
         "mse_loss" (the output layer must be identity: the loss applies softmax / sigmoid).
-        hyper: TrainStep's keywords (lr goes to run() or update())."""
+        hyper: TrainStep's keywords (lr goes to run() or update()). "poisson_loss" too (the
+        output layer then holds the log of the predicted mean)."""
         if self.output_activation != "identity":
             raise ValueError("train_step needs output_activation='identity' (the loss applies "
                              "softmax or sigmoid itself)")
@@ -217,6 +218,31 @@ class MLP:
             self.params = flat_params(self.params)
         return TrainStep(self.params, self.activations, loss, max_batch, optimizer=optimizer,
                          dropout=self.dropout, seed=self.seed, **hyper)
+
+    def loss_and_grad(self, X, y, loss, *, sample_weight=None, alpha=0.0, chunk=4096):
+        """The full-batch loss over all of X and its gradient, for full-batch solvers.
+
+        loss: as train_step's (the output layer must be identity); alpha: the L2 penalty, with
+        scikit-learn's scale (alpha / (2 sum w) sum ||W||^2). Runs natively, chunk rows at a
+        time, without dropout (a full-batch objective is deterministic). Returns (loss, grad),
+        grad float64 in the flat layout of the parameter buffer (weights, then biases: the
+        layout of fastmlp.core.flat_params). The parameters are not changed: to evaluate
+        another point, write it into the flat buffer (``flat_buffer(model.params)[...] = x``).
+        """
+        if self.output_activation != "identity":
+            raise ValueError("loss_and_grad needs output_activation='identity' (the loss applies "
+                             "softmax, sigmoid or exp itself)")
+        if flat_buffer(self.params) is None:
+            self.params = flat_params(self.params)
+        _check_rows(X, "X", self.layer_sizes[0], "inputs")
+        rows = max(1, min(int(chunk), X.shape[0]))
+        key = (loss, float(alpha), rows, id(self.params[0]))
+        cached = getattr(self, "_full_batch", None)
+        if cached is None or cached[0] != key:
+            step = TrainStep(self.params, self.activations, loss, rows, optimizer="sgd",
+                             momentum=0.0, alpha=alpha)
+            self._full_batch = cached = (key, step)
+        return cached[1].loss_and_grad(X, y, sample_weight)
 
     def save(self, path):
         """Write the model to a .safetensors file (fastmlp.load reads it back)."""

@@ -464,6 +464,35 @@ def test_mse_loss_empty(isa, shape):
     assert loss == 0.0 and grad.shape == shape
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (23, 1), (23, 7), (5, 40)], ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_poisson_loss(isa, rng, shape, weighted):
+    m, n = shape
+    z = f32(rng.standard_normal(shape) * 2)
+    t = f32(rng.poisson(np.exp(f64(z))))
+    t[0] = 0.0
+    w = f32(rng.uniform(0.1, 3, m)) if weighted else None
+    loss, grad = fastmlp.poisson_loss(z, t, w)
+    eloss, egrad = ref.poisson_loss(f64(z), f64(t), None if w is None else f64(w))
+    assert_close(loss, eloss, rtol=1e-6)
+    # exp(z) in float32: a few ulps relative to exp(z), which is <= e^6 here
+    assert_close(grad, egrad, rtol=1e-5,
+                 atol=4 * 2.0**-24 * float(np.exp(f64(z)).max()) * (1 if w is None else w.max()) / m)
+    zz = z.copy()
+    loss2, g2 = fastmlp.poisson_loss(zz, t, w, grad_out=zz)
+    assert g2 is zz and loss2 == loss
+    assert_bitwise_equal(zz, grad)
+
+
+def test_poisson_loss_edges(isa):
+    loss, grad = fastmlp.poisson_loss(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
+    assert loss == 0.0 and grad.shape == (0, 3)
+    # overflow of exp(z) is an infinite loss, never a silent finite one; negative counts NaN
+    z = f32([[100.0, 0.0]])
+    assert fastmlp.poisson_loss(z, f32([[1.0, 1.0]]))[0] == np.inf
+    assert np.isnan(fastmlp.poisson_loss(f32([[0.0]]), f32([[-1.0]]))[0])
+
+
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
@@ -584,6 +613,7 @@ def test_threads_losses_and_bias_grad(isa):
     assert_close(loss, softmax_xent64(z, labels, w)[0], rtol=1e-6)
     bitwise_across_threads(lambda: fastmlp.sigmoid_cross_entropy(z, t, w))
     bitwise_across_threads(lambda: fastmlp.mse_loss(z, t, w))
+    bitwise_across_threads(lambda: fastmlp.poisson_loss(z, t, w))
     (db,) = bitwise_across_threads(lambda: (fastmlp.bias_grad(z),))
     assert_close(db, f64(z).sum(axis=0),
                  bound=gemm_error_bound(z, np.ones((m, 1)), m, trans_a=True).ravel())

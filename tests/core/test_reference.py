@@ -216,6 +216,32 @@ def test_mse_loss_grad(n, weighted):
     _check_loss_grad(ref.mse_loss, pred, target, w)
 
 
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_poisson_loss_grad(n, weighted):
+    rng = np.random.default_rng(35 + n)
+    m = 4
+    logits = rng.standard_normal((m, n))
+    targets = rng.poisson(2.0, size=(m, n)).astype(float)
+    targets[0] = 0.0                 # xlogy(0, 0) = 0
+    w = rng.uniform(0.1, 2.0, size=m) if weighted else None
+    _check_loss_grad(ref.poisson_loss, logits, targets, w)
+
+
+def test_poisson_loss_is_half_the_deviance():
+    # half Poisson deviance of the means mu = exp(z): sum_j mean_i (t log(t / mu) - t + mu)
+    rng = np.random.default_rng(36)
+    z = rng.standard_normal((6, 2))
+    t = rng.poisson(3.0, size=(6, 2)).astype(float)
+    t[1, 0] = 0.0
+    w = rng.uniform(0.5, 1.5, size=6)
+    mu = np.exp(z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(t > 0, t * np.log(t / mu), 0.0) - t + mu
+    assert_close(ref.poisson_loss(z, t, w)[0], (w[:, None] * term).sum() / 6, rtol=1e-13)
+    assert np.isnan(ref.poisson_loss(z, -t - 1)[0])   # negative counts: NaN, as xlogy
+
+
 def test_loss_values_against_naive_formulas():
     rng = np.random.default_rng(40)
     z = rng.standard_normal((6, 3))
@@ -248,7 +274,8 @@ def test_losses_are_stable_for_huge_logits():
 
 
 @pytest.mark.parametrize(
-    "loss_fn", [ref.softmax_cross_entropy, ref.sigmoid_cross_entropy, ref.mse_loss]
+    "loss_fn", [ref.softmax_cross_entropy, ref.sigmoid_cross_entropy, ref.mse_loss,
+                ref.poisson_loss]
 )
 def test_empty_batch_and_grad_out(loss_fn):
     is_softmax = loss_fn is ref.softmax_cross_entropy
