@@ -4,7 +4,7 @@
 #     _load -> _forward -> _backward -> [anything on flat_grads] -> _update
 # exactly as TrainStep.run does (see the design notes in _train_step.pxi).
 
-from libc.stdint cimport int32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 
 cdef struct _Layer:
     ptrdiff_t n_in, n_out
@@ -29,6 +29,9 @@ cdef struct _Input:
     const void *y         # int32 [rows] labels (softmax_cross_entropy), else float32 [rows, n_out]
     const float *w        # [rows] sample weights, or NULL
     const Py_ssize_t *idx # [M] rows of X making the batch, or NULL for all of X
+    const int64_t *indptr # a sparse X (note l of _train_step.pxi): its CSR arrays, X NULL;
+    const int32_t *indices #   NULL for a dense X
+    const float *data
 
 cdef class TrainStep:
     cdef _Layer *layers
@@ -46,7 +49,7 @@ cdef class TrainStep:
     cdef float *s1_flat      # optimizer state: SGD velocity, RMSProp square average, Adam m
     cdef float *s2_flat      # Adam v
     cdef list _buffers       # keeps the activation / gradient / mask arrays alive
-    cdef object _work, _xbuf, _ybuf, _wbuf, _batch_refs
+    cdef object _work, _xbuf, _ybuf, _wbuf, _batch_refs, _sparse_src, _sparse_arrays
     cdef float *xbuf          # the gathered batch: rows of X, its targets, its sample weights
     cdef void *ybuf
     cdef float *wbuf
@@ -58,6 +61,10 @@ cdef class TrainStep:
     cdef const float *X
     cdef const void *y
     cdef const float *w
+    cdef const int64_t *sp_indptr     # a sparse X's CSR arrays (NULL: X is dense)
+    cdef const int32_t *sp_indices
+    cdef const float *sp_data
+    cdef const ptrdiff_t *rows        # the batch's rows of a sparse X, NULL for 0 .. M-1
     cdef double l2
     cdef int phase           # _PHASE_*: which phases the current batch has been through
     cdef bint per_output_grad  # mse_loss: scikit-learn's per-output gradient (n_out times)

@@ -26,6 +26,9 @@
 #    update refuse to run until the next forward. With nonfinite="continue" (scikit-learn's
 #    behaviour, for its early stopping) the step goes on and returns the loss: the parameters
 #    take whatever the gradient holds, NaN included.
+# l) X may be a SciPy sparse matrix (CSR or CSC; csr_arrays): the first layer's products are then
+#    the sparse kernels (fm_sparse_matmul forward, fm_sparse_matmul_tn for dW0), which read the
+#    batch's rows through the index in place (no gather, no dense copy of X).
 # k) loss_and_grad (full-batch solvers) runs forward and backward over the data in chunks of
 #    max_batch rows and sums chunk c's data gradient times its weight W_c (its row count, or its
 #    sum of sample weights) into a float64 buffer, then divides by the total W and adds the L2
@@ -55,6 +58,7 @@ cdef enum:                   # TrainStep.phase: how far the current batch has go
 
 cdef enum:
     _STATUS_ZERO_WEIGHT = 1  # _loss_and_grad: the sample weights sum to zero
+    _STATUS_BAD_SPARSE = 2   # a sparse kernel refused X's rows (indptr, indices)
 
 
 cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
@@ -336,12 +340,12 @@ cdef class TrainStep:
                 ly.keep = <uint64_t>round((1.0 - dropout[l]) * (1 << 24))
                 ly.scale = 1.0 / (1.0 - dropout[l])
         n_out_last = self.layers[L - 1].n_out
-        self._xbuf = self._array((max_batch, self.layers[0].n_in), np.float32)
+        self._xbuf, self.xbuf = None, NULL     # allocated by the first dense gather (_validate)
         self._ybuf = (self._array((max_batch,), np.int32)
                       if self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY
                       else self._array((max_batch, n_out_last), np.float32))
         self._wbuf = self._array((max_batch,), np.float32)
-        self.xbuf, self.wbuf = _data(self._xbuf), _data(self._wbuf)
+        self.wbuf = _data(self._wbuf)
         self.ybuf = cnp.PyArray_DATA(<cnp.ndarray>self._ybuf)
         self.work, self.work_floats = NULL, 0
         self._ensure_work(_threads())
@@ -393,12 +397,23 @@ cdef class TrainStep:
     # ---- with the GIL: validation ---------------------------------------------------------------
 
     cdef int _validate(self, X, y, sample_weight, index, _Input *inp) except -1:
-        """Check a batch and describe it in inp; keep its arrays alive until the next one."""
-        X = _input(X, "X", 2)
-        cdef Py_ssize_t n = X.shape[0], n_in = self.layers[0].n_in
+        """Check a batch and describe it in inp; keep its arrays alive until the next one.
+        A sparse X (note l) is converted once per object: the same matrix object in the next
+        batch reuses its arrays."""
+        cdef bint sparse = not isinstance(X, np.ndarray) and hasattr(X, "format")
+        cdef Py_ssize_t n, n_cols, n_in = self.layers[0].n_in
+        if sparse:
+            if X is not self._sparse_src:
+                self._sparse_src, self._sparse_arrays = None, None
+                self._sparse_arrays = csr_arrays(X, "X")
+                self._sparse_src = X
+            n, n_cols = self._sparse_arrays[3]
+        else:
+            X = _input(X, "X", 2)
+            n, n_cols = X.shape[0], X.shape[1]
         cdef Py_ssize_t n_out = self.layers[self.n_layers - 1].n_out
-        if X.shape[1] != n_in:
-            raise ValueError(f"X must have {n_in} columns, got {X.shape[1]}")
+        if n_cols != n_in:
+            raise ValueError(f"X must have {n_in} columns, got {n_cols}")
         cdef bint labels = self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY
         if labels:
             if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.shape != (n,):
@@ -424,7 +439,23 @@ cdef class TrainStep:
             raise ValueError(f"labels must be in [0, {n_out})")
         self._batch_refs = (X, y, w, index)
         inp.rows, inp.M = n, M
-        inp.X = _data(X)
+        inp.X, inp.indptr, inp.indices, inp.data = NULL, NULL, NULL, NULL
+        cdef Py_ssize_t bad
+        if sparse:
+            data, indices, indptr, _ = self._sparse_arrays
+            inp.indptr = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>indptr)
+            inp.indices = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>indices)
+            inp.data = <const float *>cnp.PyArray_DATA(<cnp.ndarray>data)
+            bad = _csr_rows_outside(inp.indptr, <const ptrdiff_t *>cnp.PyArray_DATA(
+                <cnp.ndarray>index) if gather else NULL, M, data.shape[0])
+            if bad >= 0:
+                raise ValueError(f"X's indptr points outside its {data.shape[0]} entries "
+                                 f"(batch row {bad})")
+        else:
+            inp.X = _data(X)
+            if gather and self.xbuf == NULL:
+                self._xbuf = self._array((self.max_batch, n_in), np.float32)
+                self.xbuf = _data(self._xbuf)
         inp.y = cnp.PyArray_DATA(<cnp.ndarray>y)
         inp.w = _data(w) if w is not None else NULL
         inp.idx = <const Py_ssize_t *>cnp.PyArray_DATA(<cnp.ndarray>index) if gather else NULL
@@ -444,11 +475,14 @@ cdef class TrainStep:
         cdef const float *w = inp.w
         cdef double wsum, l2_rows = M
         self.M, self.X, self.y, self.w = M, inp.X, inp.y, NULL
+        self.sp_indptr, self.sp_indices, self.sp_data = inp.indptr, inp.indices, inp.data
+        self.rows = inp.idx if inp.indptr != NULL else NULL    # note l: no copy of sparse rows
         if inp.idx != NULL:
             # rows of a shuffled epoch are scattered over X (tens of MB, beyond the caches): a
             # gather per thread (ee2d0fb; benchmarks/results/gemm_rules.md, "gather")
             for r in prange(M, num_threads=nt, schedule="static"):
-                memcpy(&xb[r * n_in], inp.X + inp.idx[r] * n_in, n_in * sizeof(float))
+                if inp.X != NULL:
+                    memcpy(&xb[r * n_in], inp.X + inp.idx[r] * n_in, n_in * sizeof(float))
                 if labels:
                     (<int32_t *>yb)[r] = (<const int32_t *>inp.y)[inp.idx[r]]
                 else:
@@ -456,7 +490,7 @@ cdef class TrainStep:
                            n_out * sizeof(float))
                 if w != NULL:
                     wb[r] = w[inp.idx[r]]
-            self.X, self.y = xb, yb
+            self.X, self.y = (xb if inp.X != NULL else NULL), yb
             if w != NULL:
                 w = wb
         if w != NULL:
@@ -491,9 +525,16 @@ cdef class TrainStep:
             ep.y = NULL; ep.ldy = ly.n_out; ep.z = NULL; ep.ldz = ly.n_out
             if ly.Z != NULL:
                 ep.act = FM_ACT_IDENTITY
-            status = fm_matmul(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out, 0.0,
-                               ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work,
-                               self.work_floats, nt)
+            if l == 0 and self.sp_indptr != NULL:
+                status = fm_sparse_matmul(M, ly.n_out, ly.n_in, self.sp_indptr, self.sp_indices,
+                                          self.sp_data, self.rows, ly.W, ly.n_out,
+                                          ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, nt)
+                if status != FM_OK:
+                    return _STATUS_BAD_SPARSE
+            else:
+                status = fm_matmul(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out,
+                                   0.0, ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work,
+                                   self.work_floats, nt)
             if status != FM_OK:
                 return status
             if ly.Z != NULL:
@@ -541,8 +582,16 @@ cdef class TrainStep:
         for l in range(L - 1, -1, -1):
             ly = &self.layers[l]
             inp = self.X if l == 0 else self.layers[l - 1].A
-            status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D, ly.n_out, 0.0,
-                               ly.dW, ly.n_out, NULL, self.work, self.work_floats, nt)
+            if l == 0 and self.sp_indptr != NULL:
+                status = fm_sparse_matmul_tn(M, ly.n_out, ly.n_in, self.sp_indptr,
+                                             self.sp_indices, self.sp_data, self.rows, ly.D,
+                                             ly.n_out, ly.dW, ly.n_out, nt)
+                if status != FM_OK:
+                    return _STATUS_BAD_SPARSE
+            else:
+                status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D,
+                                   ly.n_out, 0.0, ly.dW, ly.n_out, NULL, self.work,
+                                   self.work_floats, nt)
             if status != FM_OK:
                 return status
             fm_bias_grad(M, ly.n_out, ly.D, ly.db, nt)
@@ -597,6 +646,9 @@ cdef class TrainStep:
         n_out = self.layers[self.n_layers - 1].n_out
         if status == FM_EINVAL:
             raise ValueError(f"labels must be in [0, {n_out})")
+        if status == _STATUS_BAD_SPARSE:
+            raise ValueError("X: the batch's rows have indptr not monotone or indices out of "
+                             f"range [0, {self.layers[0].n_in})")
         if status == FM_ENOMEM:
             raise MemoryError("TrainStep: could not allocate GEMM buffers")
         return 0
@@ -604,7 +656,8 @@ cdef class TrainStep:
     def forward(self, X, y, sample_weight=None, *, index=None):
         """Forward pass and loss of a batch (with the L2 penalty); keeps what backward needs.
 
-        X: float32 (n, n_in); y: int32 (n,) labels in [0, n_out) for "softmax_cross_entropy",
+        X: float32 (n, n_in), or a SciPy sparse matrix (CSR or CSC, note l); y: int32 (n,)
+        labels in [0, n_out) for "softmax_cross_entropy",
         else float32 (n, n_out) targets; sample_weight: float32 (n,) or None.
         index: None (the batch is all of X, at most max_batch rows), or integer (M,) row
         indices gathered from X, y and sample_weight inside the native call (no copy in Python).
@@ -713,7 +766,9 @@ cdef class TrainStep:
     cdef int _validate_all(self, X, y, sample_weight, _Input *inp) except -1:
         """_validate for all the rows of X, however many (loss_and_grad cuts them in chunks)."""
         cdef ptrdiff_t keep = self.max_batch
-        self.max_batch = max(1, len(X) if hasattr(X, "__len__") else 1)
+        shape = getattr(X, "shape", None)
+        self.max_batch = max(1, shape[0] if isinstance(shape, tuple) and len(shape) >= 1
+                             and isinstance(shape[0], (int, np.integer)) else 1)
         try:
             self._validate(X, y, sample_weight, None, inp)
         finally:
@@ -737,7 +792,9 @@ cdef class TrainStep:
         while start < n:
             rows = min(self.max_batch, n - start)
             chunk.rows, chunk.M, chunk.idx = rows, rows, NULL
-            chunk.X = inp.X + start * n_in
+            chunk.X = inp.X + start * n_in if inp.X != NULL else NULL
+            chunk.indptr = inp.indptr + start if inp.indptr != NULL else NULL
+            chunk.indices, chunk.data = inp.indices, inp.data
             chunk.y = <const char *>inp.y + start * ysize
             chunk.w = inp.w + start if inp.w != NULL else NULL
             chunk_w = rows

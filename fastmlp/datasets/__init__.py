@@ -469,11 +469,17 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
     be a file descriptor or a binary file object (left open). max_bytes caps each array's
     stored size (1 GiB by default), checked before it is decompressed.
 
+    An archive written by ``scipy.sparse.save_npz`` (CSR or CSC) gives X as a
+    ``scipy.sparse.csr_matrix`` with float32 data (SciPy required), checked in full (lengths,
+    indptr monotone, indices in range); such an archive holds no labels, so y is its ``y``
+    array if one was added (``np.savez(path, y=y, **arrays)``), else None.
+
     Raises
     ------
     DatasetError
         If the file is not a readable ``.npz`` archive, holds none of the key pairs (the message
-        lists the keys it has), an array over max_bytes, or ``X`` and ``y`` differ in length.
+        lists the keys it has), an array over max_bytes, a malformed sparse matrix, or ``X`` and
+        ``y`` differ in length.
     """
     max_bytes = _check_max_bytes(max_bytes)
     name = _source_name(path)
@@ -501,6 +507,8 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
             raise DatasetError(f"{name}: not a readable .npz archive: {exc}") from exc
         with loaded:
             keys = set(loaded.files)
+            if _SPARSE_KEYS <= keys:
+                return _sparse_npz(name, loaded, max_bytes)
             pair = next(((xk, yk) for xk, yk in _NPZ_KEY_PAIRS if xk in keys and yk in keys),
                         None)
             if pair is None:
@@ -526,6 +534,63 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
                            "axis, not scalars")
     if len(X) != len(y):
         raise DatasetError(f"{name}: {pair[0]!r} has {len(X)} rows but {pair[1]!r} has {len(y)}")
+    return X, y
+
+
+_SPARSE_KEYS = {"data", "indices", "indptr", "format", "shape"}   # scipy.sparse.save_npz's
+
+
+def _sparse_npz(name, loaded, max_bytes):
+    """(csr_matrix, y or None) from an open archive holding scipy.sparse.save_npz's arrays."""
+    members = {i.filename: i for i in loaded.zip.infolist()}
+    wanted = sorted(_SPARSE_KEYS | ({"y"} if "y" in loaded.files else set()))
+    for key in wanted:
+        info = members.get(f"{key}.npy", members.get(key))
+        if info is not None and info.file_size > max_bytes:
+            raise DatasetError(f"{name}: array {key!r} is {info.file_size} bytes, over "
+                               f"max_bytes={max_bytes}")
+    try:
+        arrays = {key: loaded[key] for key in wanted}
+    except Exception as exc:    # see load_npz
+        raise DatasetError(f"{name}: cannot read the sparse matrix's arrays: {exc}") from exc
+    if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+        raise DatasetError(f"{name}: the sparse matrix's members must be .npy arrays")
+    fmt = arrays["format"]
+    fmt = fmt.item() if fmt.shape == () and fmt.dtype.kind in "SU" else None
+    fmt = fmt.decode("ascii", "replace") if isinstance(fmt, bytes) else fmt
+    if fmt not in ("csr", "csc"):
+        raise DatasetError(f"{name}: a sparse matrix in {fmt!r} format; only csr and csc are "
+                           "read")
+    shape, data = arrays["shape"], arrays["data"]
+    indices, indptr = arrays["indices"], arrays["indptr"]
+    if not (shape.shape == (2,) and shape.dtype.kind in "iu" and (shape >= 0).all()
+            and int(shape.max(initial=0)) < 2**62):
+        raise DatasetError(f"{name}: shape must be two non-negative integers, got {shape!r}")
+    if not (indices.ndim == indptr.ndim == data.ndim == 1 and indices.dtype.kind in "iu"
+            and indptr.dtype.kind in "iu" and data.dtype.kind in "fiub"):
+        raise DatasetError(f"{name}: data, indices and indptr must be 1-D arrays of numbers")
+    n_major, n_minor = (int(shape[0]), int(shape[1])) if fmt == "csr" else \
+        (int(shape[1]), int(shape[0]))
+    nnz = len(data)
+    if (len(indptr) != n_major + 1 or len(indices) != nnz or (n_major + 1 and (
+            indptr[0] != 0 or indptr[-1] != nnz or (np.diff(indptr) < 0).any()))):
+        raise DatasetError(f"{name}: indptr must rise from 0 to the number of entries ({nnz}) "
+                           f"over {n_major} {'rows' if fmt == 'csr' else 'columns'}")
+    if nnz and (indices.min() < 0 or indices.max() >= n_minor):
+        raise DatasetError(f"{name}: indices out of range [0, {n_minor})")
+    try:
+        import scipy.sparse
+    except ImportError:
+        raise DatasetError(f"{name}: holds a scipy.sparse matrix; reading it needs SciPy "
+                           "(pip install scipy)") from None
+    kind = scipy.sparse.csr_matrix if fmt == "csr" else scipy.sparse.csc_matrix
+    with np.errstate(over="ignore"):
+        X = kind((data.astype(np.float32), indices, indptr), shape=(int(shape[0]),
+                                                                    int(shape[1]))).tocsr()
+    y = arrays.get("y")
+    if y is not None and (y.ndim == 0 or len(y) != X.shape[0]):
+        raise DatasetError(f"{name}: 'y' must have one label per row of the matrix "
+                           f"({X.shape[0]}), got shape {y.shape}")
     return X, y
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 try:
     import scipy.optimize
+    from scipy import sparse
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
     from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
     from sklearn.metrics import accuracy_score, r2_score
@@ -56,7 +57,7 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
 
 from .. import io
 from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, flat_buffer, flat_params,
-                    local_num_threads, matmul)
+                    local_num_threads, matmul, sparse_matmul)
 from ..model import init_params, optim
 
 __all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError"]
@@ -77,9 +78,14 @@ class NonFiniteWeightsError(ValueError, FloatingPointError):
 
 
 def _float32(X):
-    """X (validated, float64 or float32) as the kernels' float32 C-contiguous array; values beyond
-    float32's range become inf (training then stops with NonFiniteWeightsError)."""
+    """X (validated, float64 or float32; dense, CSR or CSC) as the kernels take it: a float32
+    C-contiguous array, or a CSR matrix with float32 data (the first layer's products then run
+    on it natively: fastmlp.core.sparse_matmul). Values beyond float32's range become inf
+    (training then stops with NonFiniteWeightsError)."""
     with np.errstate(over="ignore"):
+        if sparse.issparse(X):
+            X = X.tocsr()
+            return X if X.dtype == np.float32 else X.astype(np.float32)
         return np.ascontiguousarray(X, dtype=np.float32)
 
 
@@ -165,6 +171,11 @@ class _BaseMLP(BaseEstimator):
 
     # ---- validation ------------------------------------------------------------------------
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     def _check_params(self):
         self._validate_params()
 
@@ -235,7 +246,8 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes], acts, [float(p) for p in drop]
 
     def _validate_X(self, X, reset):
-        return _float32(validate_data(self, X, reset=reset, dtype=(np.float64, np.float32)))
+        return _float32(validate_data(self, X, reset=reset, dtype=(np.float64, np.float32),
+                                      accept_sparse=["csr", "csc"]))
 
     # ---- training --------------------------------------------------------------------------
 
@@ -289,7 +301,7 @@ class _BaseMLP(BaseEstimator):
             # (binary classification): its split and its error messages are these
             stratify = targets.astype(bool) if is_classifier(self) and n_outputs == 1 \
                 and self._loss == "sigmoid_cross_entropy" else None
-            split = train_test_split(np.arange(len(X)), random_state=seed,
+            split = train_test_split(np.arange(X.shape[0]), random_state=seed,
                                      test_size=self.validation_fraction, stratify=stratify)
             tr, va = split
             if len(va) < 2:
@@ -325,7 +337,7 @@ class _BaseMLP(BaseEstimator):
         if flat_buffer(params) is None:
             params = flat_params(params)
             self.coefs_, self.intercepts_ = params[0::2], params[1::2]
-        step = TrainStep(params, acts, self._loss, min(len(X), LBFGS_CHUNK), optimizer="sgd",
+        step = TrainStep(params, acts, self._loss, min(X.shape[0], LBFGS_CHUNK), optimizer="sgd",
                          momentum=0.0, alpha=self.alpha, per_output_grad=True)
         flat = step.flat_params
         last = {"loss": np.nan}
@@ -535,7 +547,8 @@ class _BaseMLP(BaseEstimator):
                 last = l == len(self.coefs_) - 1
                 act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
                     else acts[l]
-                a = matmul(a, W, bias=b, activation=act)
+                a = (sparse_matmul if l == 0 and sparse.issparse(a) else matmul)(
+                    a, W, bias=b, activation=act)
         if self.out_activation_ == "exp":
             np.exp(a, out=a)
         elif self.out_activation_ == "softmax":
@@ -651,7 +664,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32),
-                             multi_output=True)
+                             multi_output=True, accept_sparse=["csr", "csc"])
         X = _float32(X)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -810,7 +823,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32),
-                             multi_output=True, y_numeric=True)
+                             multi_output=True, y_numeric=True, accept_sparse=["csr", "csc"])
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         self._loss = "poisson_loss" if self.loss == "poisson" else "mse_loss"

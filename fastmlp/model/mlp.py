@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import io
 from ..core import (ACTIVATIONS, TrainStep, activation_backward, bias_activation, bias_grad,
-                    dropout_mask, flat_buffer, flat_params, matmul)
+                    dropout_mask, flat_buffer, flat_params, matmul, sparse_matmul,
+                    sparse_matmul_tn)
 
 __all__ = ["MLP", "init_params"]
 
@@ -82,8 +83,15 @@ def _rate(p, what):
     return float(p)
 
 
+def _is_sparse(x):
+    """A SciPy sparse matrix or array (recognised by its attributes: no SciPy import)."""
+    return not isinstance(x, np.ndarray) and hasattr(x, "format") and hasattr(x, "tocsr")
+
+
 def _check_rows(x, name, width, what):
     """x must be a 2-D array of width columns (the network's inputs or outputs)."""
+    if _is_sparse(x) and len(x.shape) == 2 and x.shape[1] == width:
+        return
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != width:
         shape = getattr(x, "shape", type(x).__name__)
         raise ValueError(f"{name} must be a 2-D float32 array of {width} columns (the network's "
@@ -150,18 +158,20 @@ class MLP:
         return self.activations[l] if l < self.n_layers - 1 else self.output_activation
 
     def forward(self, X, training=False):
-        """X float32 (M, n_0) -> output (M, n_L). training=True applies dropout and keeps what
-        backward needs (the inputs, pre-activations for gelu, outputs and masks)."""
+        """X float32 (M, n_0), or a SciPy sparse matrix (CSR / CSC: the first layer runs
+        fastmlp.core.sparse_matmul on it) -> output (M, n_L). training=True applies dropout and
+        keeps what backward needs (the inputs, pre-activations for gelu, outputs and masks)."""
         _check_rows(X, "X", self.layer_sizes[0], "inputs")
         a = X
         cache = [(X, None, None, None)]
         for l in range(self.n_layers):
             W, b, act = self.params[2 * l], self.params[2 * l + 1], self._act(l)
+            product = sparse_matmul if l == 0 and _is_sparse(a) else matmul
             if act == "gelu" and training:
-                z = matmul(a, W, bias=b)
+                z = product(a, W, bias=b)
                 y = bias_activation(z, None, "gelu")
             else:
-                z, y = None, matmul(a, W, bias=b, activation=act)
+                z, y = None, product(a, W, bias=b, activation=act)
             mask = None
             if training and l < self.n_layers - 1 and self.dropout[l] > 0:
                 mask = dropout_mask(y.shape[0], y.shape[1], self.dropout[l], self.seed, self.t, l)
@@ -175,7 +185,8 @@ class MLP:
         return a
 
     def backward(self, dout):
-        """dout float32 (M, n_L), the loss gradient w.r.t. forward's output -> dX (M, n_0).
+        """dout float32 (M, n_L), the loss gradient w.r.t. forward's output -> dX (M, n_0), or
+        None after a sparse X (its dense gradient would be as wide as X; nothing needs it).
         Fills self.grads. Needs a forward(training=True) first."""
         if self._cache is None:
             raise RuntimeError("backward needs a forward(X, training=True) first")
@@ -189,11 +200,14 @@ class MLP:
         d = dout if out_act == "identity" else activation_backward(dout, out_act, y=y, z=z)
         for l in range(self.n_layers - 1, -1, -1):
             a_prev, z_prev, y_prev, mask_prev = cache[l]
-            matmul(a_prev, d, trans_a=True, out=self.grads[2 * l])
+            if l == 0 and _is_sparse(a_prev):
+                sparse_matmul_tn(a_prev, d, out=self.grads[0])
+            else:
+                matmul(a_prev, d, trans_a=True, out=self.grads[2 * l])
             bias_grad(d, out=self.grads[2 * l + 1])
             W = self.params[2 * l]
             if l == 0:
-                return matmul(d, W, trans_b=True)
+                return None if _is_sparse(a_prev) else matmul(d, W, trans_b=True)
             act = self.activations[l - 1]
             grad_act = None if act == "identity" else act
             d = matmul(d, W, trans_b=True, grad_activation=grad_act, y=y_prev, z=z_prev)
@@ -201,8 +215,8 @@ class MLP:
                 d *= mask_prev
 
     def predict(self, X):
-        """forward(X) in inference mode (no dropout); X is converted to float32."""
-        return self.forward(np.asarray(X, dtype=np.float32))
+        """forward(X) in inference mode (no dropout); a dense X is converted to float32."""
+        return self.forward(X if _is_sparse(X) else np.asarray(X, dtype=np.float32))
 
     def train_step(self, loss, max_batch, *, optimizer="adam", **hyper):
         """A TrainStep over this model's parameters (updated in place): one native call per

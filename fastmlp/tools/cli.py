@@ -88,9 +88,16 @@ def load_data(args):
     else:
         reader = datasets.load_csv if args.data.lower().endswith(".csv") else datasets.load_npz
         X, y = reader(args.data)
+        if getattr(args, "labels", None) is not None:
+            y = _labels(args.labels)
+        if y is None:
+            raise SystemExit(f"{args.data} holds no labels (a scipy.sparse.save_npz file): give "
+                             "them with --labels FILE (.npy, or text with one label a line)")
         X = _features(X)
-        n_test = max(1, int(round(len(X) * args.test_split)))
-        if n_test >= len(X):
+        if X.shape[0] != len(y):
+            raise SystemExit(f"{X.shape[0]} samples but {len(y)} labels")
+        n_test = max(1, int(round(X.shape[0] * args.test_split)))
+        if n_test >= X.shape[0]:
             raise SystemExit(f"--test-split {args.test_split} leaves no training samples")
         X_train, y_train, X_test, y_test = X[:-n_test], y[:-n_test], X[-n_test:], y[-n_test:]
         source = f"{args.data} (the last {n_test:,} samples held out)"
@@ -99,9 +106,27 @@ def load_data(args):
     return X_train, y_train, X_test, y_test, source
 
 
+def _labels(path):
+    """Labels from a .npy file or a text file with one label a line."""
+    try:
+        if path.lower().endswith(".npy"):
+            y = np.load(path, allow_pickle=False)
+        else:
+            with open(path) as f:
+                y = np.array([line.strip() for line in f if line.strip()])
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--labels {path}: {e}") from None
+    if y.ndim != 1:
+        raise SystemExit(f"--labels {path}: need one label per sample (1-D), got shape {y.shape}")
+    return y
+
+
 def _features(X):
     """Images (integer pixels, or more than 2-D) are flattened and scaled to [0, 1]; a table of
-    floats is used as given (scale it beforehand)."""
+    floats is used as given (scale it beforehand); a sparse matrix (CSR) is kept sparse: the
+    first layer runs the sparse kernels on it."""
+    if hasattr(X, "tocsr") and not isinstance(X, np.ndarray):
+        return X.tocsr()
     X = np.asarray(X)
     if X.ndim > 2 or np.issubdtype(X.dtype, np.integer):
         return datasets.prepare_images(X)
@@ -190,8 +215,8 @@ def accuracy(model, X, y):
 def fit(model, step, X, y, X_val, y_val, args, progress):
     """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen)."""
     rng = np.random.default_rng(args.seed)
-    order = np.arange(len(X))
-    n, seconds = len(X), 0.0
+    n, seconds = X.shape[0], 0.0
+    order = np.arange(n)
     for epoch in range(1, args.epochs + 1):
         rng.shuffle(order)
         total, t0 = 0.0, time.perf_counter()
@@ -217,20 +242,21 @@ def cmd_train(args):
     y_train, y_test = y_all[:len(y_train)], y_all[len(y_train):]
     X_val = y_val = None
     if args.validation_split:
-        n_val = max(1, int(round(len(X_train) * args.validation_split)))
+        n_val = max(1, int(round(X_train.shape[0] * args.validation_split)))
         X_train, X_val = X_train[:-n_val], X_train[-n_val:]
         y_train, y_val = y_train[:-n_val], y_train[-n_val:]
-    X_train = np.ascontiguousarray(X_train)
+    if isinstance(X_train, np.ndarray):
+        X_train = np.ascontiguousarray(X_train)
     model, step = build_model(args, X_train.shape[1], len(classes))
     if not args.quiet:
         print(f"training {'-'.join(map(str, model.layer_sizes))} MLP ({args.activation}, "
               f"{args.solver} lr {args.lr:g}, batch {args.batch_size}) on {source}: "
-              f"{len(X_train):,} train / {len(X_test):,} test samples", file=sys.stderr)
-    progress = Progress(args.epochs, len(X_train), enabled=not args.quiet)
+              f"{X_train.shape[0]:,} train / {X_test.shape[0]:,} test samples", file=sys.stderr)
+    progress = Progress(args.epochs, X_train.shape[0], enabled=not args.quiet)
     with profile() if args.profile else contextlib.nullcontext() as prof:
         seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress)
     acc = accuracy(model, X_test, y_test)
-    print(f"test accuracy {100 * acc:.2f}% on {len(X_test):,} samples | trained in "
+    print(f"test accuracy {100 * acc:.2f}% on {X_test.shape[0]:,} samples | trained in "
           f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {core.info()['isa']}, "
           f"{bench.threads_text(core.get_num_threads())}")
     if args.profile:
@@ -315,7 +341,10 @@ def parser():
                            description="Train an MLP classifier: by default on the bundled "
                            "MNIST sample (first 8,000 images train, last 2,000 test).")
     train.add_argument("--data", help="a folder with MNIST IDX files, an .npz (X/y, x_train/"
-                       "y_train, ...) or a .csv (label in the last column)")
+                       "y_train, ..., or a sparse matrix from scipy.sparse.save_npz) or a .csv "
+                       "(label in the last column)")
+    train.add_argument("--labels", help="the labels of --data, for a save_npz file (which holds "
+                       "none): a .npy file or text with one label a line")
     train.add_argument("--test-split", type=_fraction, default=0.2,
                        help="for .npz/.csv: the fraction held out at the end as the test set "
                        "(default 0.2)")

@@ -550,3 +550,27 @@ def test_prepare_images(sample):
 def test_prepare_images_errors(images, error, message):
     with pytest.raises(error, match=message):
         datasets.prepare_images(images)
+
+
+def test_load_npz_reads_scipy_save_npz(tmp_path):
+    """scipy.sparse.save_npz archives (CSR or CSC, compressed or not) give a float32 CSR matrix;
+    labels come from an added 'y' array, else y is None; malformed matrices are DatasetErrors."""
+    sp = pytest.importorskip("scipy.sparse")
+    X = sp.random(40, 300, density=0.05, format="csr", random_state=0)
+    for i, (m, compressed) in enumerate([(X, True), (X.tocsc(), False)]):
+        sp.save_npz(tmp_path / f"m{i}.npz", m, compressed=compressed)
+        A, y = datasets.load_npz(tmp_path / f"m{i}.npz")
+        assert A.format == "csr" and A.dtype == np.float32 and y is None
+        assert np.array_equal(A.toarray(), X.toarray().astype(np.float32))
+    arrays = dict(np.load(tmp_path / "m0.npz"))
+    np.savez(tmp_path / "y.npz", y=np.arange(40) % 3, **arrays)
+    assert np.array_equal(datasets.load_npz(tmp_path / "y.npz")[1], np.arange(40) % 3)
+    bad = {"indices out of range": dict(indices=arrays["indices"] + 300),
+           "indptr must rise": dict(indptr=arrays["indptr"][::-1].copy()),
+           "only csr and csc": dict(format=np.array("coo")),
+           "shape must be": dict(shape=np.array([40, -1])),
+           "one label per row": dict(y=np.zeros(3))}
+    for match, edit in bad.items():
+        np.savez(tmp_path / "bad.npz", **{**arrays, **edit})
+        with pytest.raises(datasets.DatasetError, match=match):
+            datasets.load_npz(tmp_path / "bad.npz")
