@@ -85,7 +85,8 @@ static const char *const kernel_names[FM_K_COUNT] = {
     [FM_K_SOFTMAX_CROSS_ENTROPY] = "softmax_cross_entropy",
     [FM_K_SIGMOID_CROSS_ENTROPY] = "sigmoid_cross_entropy", [FM_K_MSE_LOSS] = "mse_loss",
     [FM_K_SGD_UPDATE] = "sgd_update", [FM_K_RMSPROP_UPDATE] = "rmsprop_update",
-    [FM_K_ADAM_UPDATE] = "adam_update", [FM_K_POISSON_LOSS] = "poisson_loss"};
+    [FM_K_ADAM_UPDATE] = "adam_update", [FM_K_POISSON_LOSS] = "poisson_loss",
+    [FM_K_SPARSE_MATMUL] = "sparse_matmul", [FM_K_SPARSE_MATMUL_TN] = "sparse_matmul_tn"};
 
 static const char *name_of(const char *const *names, int count, int i)
 {
@@ -226,6 +227,64 @@ int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, f
     PROFILED(key, 2.0 * mn * (double)K, bytes,
              r = k->matmul(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep,
                            work, work_floats, nthreads));
+    return r;
+}
+
+/* The entries of the rows a sparse product uses: its flops are 2 nnz N. Read only when
+ * profiling; the rows' indptr values are within the arrays (the kernels' precondition). */
+static double rows_nnz(ptrdiff_t M, const int64_t *indptr, const ptrdiff_t *rows)
+{
+    if (!rows) return M > 0 ? (double)(indptr[M] - indptr[0]) : 0.0;
+    double nnz = 0.0;
+    for (ptrdiff_t r = 0; r < M; r++) nnz += (double)(indptr[rows[r] + 1] - indptr[rows[r]]);
+    return nnz;
+}
+
+/* Bytes of a sparse product's CSR operand: indices and data of its entries (8 each), indptr
+ * (one value per row and the last) and rows. */
+static double csr_bytes(ptrdiff_t M, double nnz, const ptrdiff_t *rows)
+{
+    return 8.0 * nnz + 8.0 * ((double)M + 1) + (rows ? 8.0 * (double)M : 0.0);
+}
+
+int fm_sparse_matmul(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *indptr,
+                     const int32_t *indices, const float *data, const ptrdiff_t *rows,
+                     const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
+                     const fm_epilogue *ep, int nthreads)
+{
+    const fm_kernels *k = cur();
+    nthreads = threads(nthreads);
+    if (!prof_on())
+        return k->sparse_matmul(M, N, K, indptr, indices, data, rows, B, ldb, C, ldc, ep,
+                                nthreads);
+    int bias = ep && ep->bias;
+    prof_key key = {FM_K_SPARSE_MATMUL, ep ? ep->act : FM_ACT_IDENTITY,
+                    ep ? ep->grad_act : FM_ACT_IDENTITY, -1, bias ? FM_PROF_BIAS : 0, M, N, K};
+    double nnz = rows_nnz(M, indptr, rows);
+    double bytes = csr_bytes(M, nnz, rows) + F4 * ((double)K * N + (double)M * N + (bias ? N : 0));
+    int r;
+    PROFILED(key, 2.0 * nnz * (double)N, bytes,
+             r = k->sparse_matmul(M, N, K, indptr, indices, data, rows, B, ldb, C, ldc, ep,
+                                  nthreads));
+    return r;
+}
+
+int fm_sparse_matmul_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *indptr,
+                        const int32_t *indices, const float *data, const ptrdiff_t *rows,
+                        const float *D, ptrdiff_t ldd, float *C, ptrdiff_t ldc, int nthreads)
+{
+    const fm_kernels *k = cur();
+    nthreads = threads(nthreads);
+    if (!prof_on())
+        return k->sparse_matmul_tn(M, N, K, indptr, indices, data, rows, D, ldd, C, ldc,
+                                   nthreads);
+    prof_key key = {FM_K_SPARSE_MATMUL_TN, FM_ACT_IDENTITY, FM_ACT_IDENTITY, -1, 0, M, N, K};
+    double nnz = rows_nnz(M, indptr, rows);
+    double bytes = csr_bytes(M, nnz, rows) + F4 * ((double)M * N + (double)K * N);
+    int r;
+    PROFILED(key, 2.0 * nnz * (double)N, bytes,
+             r = k->sparse_matmul_tn(M, N, K, indptr, indices, data, rows, D, ldd, C, ldc,
+                                     nthreads));
     return r;
 }
 

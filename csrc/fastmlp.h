@@ -110,6 +110,42 @@ typedef struct {
 int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                    ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan);
 
+/* ---- Sparse first layer: CSR rows times a dense matrix, and its weight gradient ------------- */
+/* The sparse matrix A (n_rows x K) comes as its CSR arrays: indptr [n_rows + 1], indices and data
+ * [nnz]; the entries of row i are p in [indptr[i], indptr[i + 1]), in storage order. Duplicated
+ * and unsorted indices and explicit zeros simply add their terms (an explicit 0 times inf is NaN,
+ * as in a dense product). rows: IN [M] the rows of A making the batch, repeats allowed (how a
+ * training step gathers a shuffled batch without copying it), or NULL for rows 0 .. M-1.
+ * The caller guarantees that rows[r] is in [0, n_rows) and that indptr[rows[r]] and
+ * indptr[rows[r] + 1] lie in [0, nnz] (the bindings check both); the kernels check the rest of
+ * the rows they use before writing anything (rule 7): FM_EINVAL, nothing written, if one has
+ * indptr[i] > indptr[i + 1] or an index outside [0, K). They do so even when N = 0.
+ * Summation (rule 4): each element of C is c = 0, then c = c + x * y for each of its terms in the
+ * order given below, with a multiply and an add (two roundings; no FMA on any ISA). Vectors run
+ * along N, whose lanes never meet, so the bits depend neither on the thread count, nor on the
+ * batch a row is in, nor on N, nor on the ISA: they are those of a plain float32 loop (and the
+ * fused activations are the elementwise kernels' vector code, without FMA either).
+ * C must not overlap any array the kernel reads. */
+
+/* A[rows] [M,K] sparse, B[K,N] -> C[M,N] = epilogue(A[rows] @ B). B: IN (ldb). C: OUT (ldc), not
+ * read. C[r,:] = epilogue(sum over the entries p of row rows[r], in storage order, of
+ * data[p] * B[indices[p], :]); a row without entries (or K = 0) gives epilogue(0). ep: IN or NULL,
+ * forward only: act(c + bias), as fm_matmul's (and fm_bias_activation's: the same bits as that
+ * kernel applied to the product); ep->grad_act other than FM_ACT_IDENTITY is FM_EINVAL. Threads
+ * take chunks of C's rows. Returns FM_OK or FM_EINVAL. */
+int fm_sparse_matmul(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *indptr,
+                     const int32_t *indices, const float *data, const ptrdiff_t *rows,
+                     const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
+                     const fm_epilogue *ep, int nthreads);
+/* A[rows] [M,K] sparse, D[M,N] -> C[K,N] = A[rows]^T @ D: the weight gradient of a sparse first
+ * layer (X^T dZ). D: IN (ldd). C: OUT (ldc), not read; every row of C is written, 0 where no
+ * entry of the rows used has its index. C[k,:] = sum over r ascending, then over the entries p
+ * of row rows[r] with indices[p] == k in storage order, of data[p] * D[r,:]. Threads split N's
+ * columns (each element of C has one owner). Returns FM_OK or FM_EINVAL. */
+int fm_sparse_matmul_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *indptr,
+                        const int32_t *indices, const float *data, const ptrdiff_t *rows,
+                        const float *D, ptrdiff_t ldd, float *C, ptrdiff_t ldc, int nthreads);
+
 /* ---- Activations --------------------------------------------------------------------------- */
 
 /* Z[M,N], bias[N] -> Y[M,N] = act(Z + bias). Z: IN, bias: IN or NULL, Y: OUT (may alias Z). */
@@ -181,29 +217,31 @@ double fm_measure_peak_gflops(double seconds, int nthreads);
  * While on, every public kernel entry above adds its wall time, and FLOPs and bytes by formula,
  * to a table keyed by (kernel, variant, shape); calls from any thread count. Off (the default),
  * an entry costs one atomic load and a branch. The formulas: GEMM 2MNK flops, and reads of A, B,
- * C (if beta != 0), bias and y/z plus the write of C; elementwise kernels one flop per element
- * per arithmetic step of their definition (documented in fastmlp/tools/profiler.py) and every
- * array read or written once. */
+ * C (if beta != 0), bias and y/z plus the write of C; the sparse products 2 nnz N flops (nnz: the
+ * entries of the rows used) and every array read or written once; elementwise kernels one flop
+ * per element per arithmetic step of their definition and every array read or written once (all
+ * documented in fastmlp/tools/profiler.py). */
 enum {
     FM_K_MATMUL = 0, FM_K_BIAS_ACTIVATION = 1, FM_K_ACTIVATION_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
     FM_K_SOFTMAX_CROSS_ENTROPY = 4, FM_K_SIGMOID_CROSS_ENTROPY = 5, FM_K_MSE_LOSS = 6,
     FM_K_SGD_UPDATE = 7, FM_K_RMSPROP_UPDATE = 8, FM_K_ADAM_UPDATE = 9, FM_K_POISSON_LOSS = 10,
-    FM_K_COUNT = 11
+    FM_K_SPARSE_MATMUL = 11, FM_K_SPARSE_MATMUL_TN = 12, FM_K_COUNT = 13
 };
 /* Variant bits of a profile entry. */
 enum {
-    FM_PROF_TRANS_A = 1, FM_PROF_TRANS_B = 2, FM_PROF_BIAS = 4,  /* matmul */
+    FM_PROF_TRANS_A = 1, FM_PROF_TRANS_B = 2, FM_PROF_BIAS = 4,  /* matmul (bias: sparse_matmul) */
     FM_PROF_MOMENTUM = 8, FM_PROF_NESTEROV = 16,                 /* sgd_update */
     FM_PROF_WEIGHT_DECAY = 32                                    /* adam_update */
 };
 typedef struct {
     int kernel;         /* FM_K_* */
-    int act;            /* FM_ACT_*: matmul's forward epilogue, or bias_activation's or
-                           activation_backward's activation */
+    int act;            /* FM_ACT_*: matmul's or sparse_matmul's forward epilogue, or
+                           bias_activation's or activation_backward's activation */
     int grad_act;       /* FM_ACT_*: matmul's backward epilogue */
     int path;           /* FM_PATH_* of a matmul (its plan); -1 for the other kernels */
     int flags;          /* FM_PROF_* */
-    ptrdiff_t m, n, k;  /* the shape (n = element count for optimizers) */
+    ptrdiff_t m, n, k;  /* the shape (n = element count for optimizers; k = A's columns for the
+                           sparse products) */
     long calls;
     double seconds, flops, bytes;
 } fm_prof_entry;

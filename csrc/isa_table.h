@@ -12,6 +12,7 @@
 #include "gemm_plan.h"
 #include "gemm_driver.h"
 #include "ops_impl.h"
+#include "sparse_impl.h"
 
 fm_kernels FM_TABLE = {
     .isa = FM_TABLE_ISA,
@@ -19,6 +20,8 @@ fm_kernels FM_TABLE = {
     .kc = FM_KC, .mc = FM_MC, .nc = FM_NC,
     .plan_matmul = plan_matmul,
     .matmul = matmul,
+    .sparse_matmul = sparse_matmul,
+    .sparse_matmul_tn = sparse_matmul_tn,
     .bias_activation = bias_activation,
     .activation_backward = activation_backward,
     .bias_grad = bias_grad,

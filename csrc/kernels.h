@@ -15,6 +15,8 @@ typedef struct fm_kernels {
     int kc, mc, nc;    /* cache blocks: defaults from simd.h, tunable through fm_set_blocks */
     FM_ENTRY(plan_matmul);
     FM_ENTRY(matmul);
+    FM_ENTRY(sparse_matmul);
+    FM_ENTRY(sparse_matmul_tn);
     FM_ENTRY(bias_activation);
     FM_ENTRY(activation_backward);
     FM_ENTRY(bias_grad);

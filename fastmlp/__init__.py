@@ -3,7 +3,9 @@
 Kernels (float32, compiled C with OpenMP, SIMD paths chosen at import):
     matmul, bias_activation, activation_backward, bias_grad,
     softmax_cross_entropy, sigmoid_cross_entropy, mse_loss, poisson_loss,
-    sgd_update, rmsprop_update, adam_update
+    sgd_update, rmsprop_update, adam_update,
+    sparse_matmul, sparse_matmul_tn (a SciPy CSR / CSC matrix times a dense one, and its weight
+    gradient)
 Their pure-NumPy twins live in fastmlp.reference; fastmlp.testing holds the comparison helper.
 Threads: set_num_threads / get_num_threads. Machine and build: info().
 
@@ -40,6 +42,8 @@ from .core import (
     sgd_update,
     sigmoid_cross_entropy,
     softmax_cross_entropy,
+    sparse_matmul,
+    sparse_matmul_tn,
     testing,
 )
 from .model import MLP, optim
@@ -89,5 +93,6 @@ __all__ = [
     "activation_backward", "adam_update", "bias_activation", "bias_grad", "core",
     "get_num_threads", "info", "io", "matmul", "measure_peak_gflops", "model", "mse_loss",
     "poisson_loss", "profile", "reference", "rmsprop_update", "set_num_threads", "sgd_update",
-    "sigmoid_cross_entropy", "softmax_cross_entropy", "testing",
+    "sigmoid_cross_entropy", "softmax_cross_entropy", "sparse_matmul", "sparse_matmul_tn",
+    "testing",
 ]

@@ -372,6 +372,101 @@ def cases():
                                                                       lambda: "/dev/zero")],
              max_bytes=[("str", lambda: "1"), ("zero", lambda: 0), ("tiny", lambda: 10)]))
     import importlib.util
+
+    class CSR:
+        """What fastmlp reads of a SciPy CSR matrix, with arrays as given (SciPy would check
+        some on construction and crash on others: these reach fastmlp as they are)."""
+
+        def __init__(self, data=None, indices=(0, 2, 1, 6, 3, 4, 0, 5),
+                     indptr=(0, 2, 4, 4, 6, 8), shape=(5, 7), fmt="csr", index_dtype=np.int32):
+            self.format, self.shape = fmt, shape
+            self.indices = np.array(indices, index_dtype)
+            self.indptr = np.array(indptr, index_dtype)
+            self.data = arr(len(indices)) if data is None else data
+
+        def tocsr(self):
+            return self
+
+    class Missing:
+        format = "csr"
+
+    sx = lambda **kw: (lambda: CSR(**kw))      # noqa: E731
+
+    def sx_with(attr, edit):
+        """A factory of CSR() with one of its arrays edited afterwards."""
+        def make():
+            c = CSR()
+            setattr(c, attr, edit(getattr(c, attr)))
+            return c
+        return make
+
+    sparse_bad = [
+        ("str", lambda: "x"), ("None", lambda: None), ("list", lambda: [[1.0]]),
+        ("int", lambda: 3), ("dense", lambda: arr(5, 7)), ("no arrays", lambda: Missing()),
+        ("coo", sx(fmt="coo")), ("bsr", sx(fmt="bsr")), ("format int", sx(fmt=3)),
+        ("csc whose tocsr is not csr", sx(fmt="csc")),
+        ("index = K", sx(indices=(0, 2, 1, 6, 3, 4, 0, 7))),
+        ("negative index", sx(indices=(-1, 2, 1, 6, 3, 4, 0, 5))),
+        ("int64 index 2**32 + 2", sx(indices=(2**32 + 2, 2, 1, 6, 3, 4, 0, 5),
+                                     index_dtype=np.int64)),
+        ("indptr not monotone", sx(indptr=(0, 2, 4, 4, 8, 6))),
+        ("indptr past nnz", sx(indptr=(0, 2, 4, 4, 6, 9))),
+        ("indptr negative", sx(indptr=(-2, 2, 4, 4, 6, 8))),
+        ("indptr 2**62", sx(indptr=(0, 2, 4, 4, 6, 2**62), index_dtype=np.int64)),
+        ("short indptr", sx(indptr=(0, 2, 4, 4, 6))),
+        ("2-D indptr", sx_with("indptr", lambda a: a[None])),
+        ("data short", sx(data=arr(7))), ("data 2-D", sx(data=arr(8, 1))),
+        ("data complex", sx(data=np.ones(8, np.complex64))), ("data list", sx(data=[1.0] * 8)),
+        ("float indices", sx_with("indices", lambda a: a * 1.0)),
+        ("2**31 columns", sx(shape=(5, 2**31))), ("3-D shape", sx(shape=(5, 7, 1))),
+        ("negative shape", sx(shape=(5, -7))), ("float shape", sx(shape=(5.0, 7))),
+        ("shape None", sx(shape=None)), ("columns not b's rows", sx(shape=(5, 8)))]
+    if importlib.util.find_spec("scipy") is not None:
+        import scipy.sparse as sparse
+        sparse_bad += [("scipy coo", lambda: sparse.coo_matrix(arr(5, 7))),
+                       ("scipy dok", lambda: sparse.dok_matrix(arr(5, 7))),
+                       ("scipy csr of 6 columns", lambda: sparse.csr_matrix(arr(5, 6)))]
+    rows_bad = [("float", lambda: np.zeros(3)), ("2-D", lambda: np.zeros((3, 1), int)),
+                ("out of range", lambda: np.array([0, 5, 1])),
+                ("negative", lambda: np.array([0, -1, 1])),
+                ("uint64 2**63", lambda: np.array([0, 2**63, 1], np.uint64)),
+                ("bool", lambda: np.zeros(3, bool)), ("list", lambda: [0, 1, 2]),
+                ("str", lambda: "0"), ("four rows", lambda: np.zeros(4, int)),
+                ("object", lambda: np.zeros(3, object))]
+    SM, SN = 3, 4                              # the batch: rows [4, 0, 0] of the 5 x 7 CSR
+    batch = lambda: np.array([4, 0, 0])        # noqa: E731
+
+    def over_data(shape):
+        """(out, a CSR whose data is a view of out's memory)"""
+        o = np.zeros(shape, F)
+        return o, CSR(data=o.reshape(-1)[:8])
+
+    add("sparse_matmul", lambda **k: fastmlp.sparse_matmul(**k),
+        lambda: dict(x=CSR(), b=arr(7, SN), bias=arr(SN), activation="relu", rows=batch(),
+                     out=np.zeros((SM, SN), F)),
+        dict(x=sparse_bad, b=arrays_bad((7, SN)), bias=arrays_bad((SN,), required=False),
+             rows=rows_bad, activation=STR_BAD, negative_slope=NUMBERS_BAD[:-2],
+             out=outputs_bad((SM, SN)) + [
+                 ("out in b", lambda: (lambda b: dict(_multi=dict(
+                     x=CSR(), b=b, rows=batch(), out=b[2:5])))(np.zeros((7, SN), F))),
+                 ("bias a row of out", lambda: (lambda o: dict(_multi=dict(
+                     x=CSR(), b=arr(7, SN), bias=o[1], rows=batch(), out=o)))(
+                     np.zeros((SM, SN), F))),
+                 ("out over x's data", lambda: (lambda o, x: dict(_multi=dict(
+                     x=x, b=arr(7, SN), rows=batch(), out=o)))(*over_data((SM, SN))))]))
+    add("sparse_matmul_tn", lambda **k: fastmlp.sparse_matmul_tn(**k),
+        lambda: dict(x=CSR(), d=arr(SM, SN), rows=batch(), out=np.zeros((7, SN), F)),
+        dict(x=[v for v in sparse_bad if v[0] != "columns not b's rows"],
+             d=arrays_bad((SM, SN)), rows=rows_bad,
+             out=outputs_bad((7, SN)) + [
+                 ("out over d", lambda: (lambda o: dict(_multi=dict(
+                     x=CSR(), d=o[4:7], rows=batch(), out=o)))(np.zeros((7, SN), F))),
+                 ("out over x's data", lambda: (lambda o, x: dict(_multi=dict(
+                     x=x, d=arr(SM, SN), rows=batch(), out=o)))(*over_data((7, SN))))]))
+    add("csr_arrays", lambda **k: core.csr_arrays(**k), lambda: dict(x=CSR()),
+        dict(x=[v for v in sparse_bad if not v[0].startswith(("index = K", "negative index",
+                                                               "indptr", "columns",
+                                                               "scipy csr"))]))
     if importlib.util.find_spec("sklearn") is None:     # the estimators need scikit-learn
         return out
     X, y = arr(30, 4), np.arange(30) % 3

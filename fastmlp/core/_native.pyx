@@ -1,12 +1,13 @@
 # cython: language_level=3
-"""Bindings of the C kernels (csrc/fastmlp.h): validate, release the GIL, call. The profiler's
-bindings (_profile.pxi) and the native training step (_train_step.pxi) are included here: one
-extension module, one copy of the C library's state.
+"""Bindings of the C kernels (csrc/fastmlp.h): validate, release the GIL, call. The sparse first
+layer's bindings (_sparse.pxi), the profiler's (_profile.pxi) and the native training step
+(_train_step.pxi) are included here: one extension module, one copy of the C library's state.
 
 Design notes:
 a) Inputs must be float32 (integer labels excepted): a kernel never converts dtypes behind the
    user's back, because a silent float64 -> float32 copy hides both a cost and a rounding. The
-   error says how to convert. The estimators convert, and document it.
+   error says how to convert. The estimators convert, and document it. (A sparse matrix's data
+   is the exception: _sparse.pxi, note b.)
 b) Layout is not the user's problem: a Fortran-ordered matrix is a transposed C-ordered one
    (GEMM flips the transpose flag instead of copying), rows with a gap (a column slice) are passed
    with their leading dimension, anything else is copied to C order. Read-only arrays work.
@@ -23,7 +24,7 @@ import os
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int32_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uintptr_t
 
 cnp.import_array()
 
@@ -742,5 +743,6 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
                            nt)
 
 
+include "_sparse.pxi"
 include "_profile.pxi"
 include "_train_step.pxi"

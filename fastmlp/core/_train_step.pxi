@@ -476,7 +476,7 @@ cdef class TrainStep:
         cdef double wsum, l2_rows = M
         self.M, self.X, self.y, self.w = M, inp.X, inp.y, NULL
         self.sp_indptr, self.sp_indices, self.sp_data = inp.indptr, inp.indices, inp.data
-        self.rows = inp.idx if inp.indptr != NULL else NULL    # note l: no copy of sparse rows
+        self.rows = <const ptrdiff_t *>inp.idx if inp.indptr != NULL else NULL  # note l: no copy
         if inp.idx != NULL:
             # rows of a shuffled epoch are scattered over X (tens of MB, beyond the caches): a
             # gather per thread (ee2d0fb; benchmarks/results/gemm_rules.md, "gather")

@@ -2,7 +2,7 @@
 # points, declared once. Every Cython file of the package cimports what it needs from here; the
 # meaning of each declaration is documented in the header, not repeated.
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "fastmlp.h" nogil:
     enum:
@@ -44,6 +44,8 @@ cdef extern from "fastmlp.h" nogil:
         FM_K_RMSPROP_UPDATE
         FM_K_ADAM_UPDATE
         FM_K_POISSON_LOSS
+        FM_K_SPARSE_MATMUL
+        FM_K_SPARSE_MATMUL_TN
         FM_K_COUNT
 
     enum:
@@ -91,6 +93,15 @@ cdef extern from "fastmlp.h" nogil:
                   size_t work_floats, int nthreads)
     int fm_plan_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, int nthreads, fm_matmul_plan *plan)
+
+    # sparse first layer
+    int fm_sparse_matmul(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *indptr,
+                         const int32_t *indices, const float *data, const ptrdiff_t *rows,
+                         const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
+                         const fm_epilogue *ep, int nthreads)
+    int fm_sparse_matmul_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *indptr,
+                            const int32_t *indices, const float *data, const ptrdiff_t *rows,
+                            const float *D, ptrdiff_t ldd, float *C, ptrdiff_t ldc, int nthreads)
 
     # activations
     void fm_bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,

@@ -26,6 +26,8 @@ __all__ = [
     "activation_backward",
     "bias_grad",
     "matmul",
+    "sparse_matmul",
+    "sparse_matmul_tn",
     "softmax_cross_entropy",
     "sigmoid_cross_entropy",
     "mse_loss",
@@ -192,6 +194,73 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
         c = activation_backward(c, grad_activation, y=y, z=z, negative_slope=negative_slope)
     else:
         c = bias_activation(c, bias, activation or "identity", negative_slope=negative_slope)
+    return _store(c, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse first layer: a CSR matrix (as SciPy's, read through its arrays) times a dense one
+# --------------------------------------------------------------------------------------------
+
+
+def _csr(x):
+    """(data, indices, indptr, (n_rows, n_cols)) of a CSR or CSC matrix (SciPy's, read by its
+    attributes: no SciPy import here); data keeps its dtype."""
+    if getattr(x, "format", None) == "csc":
+        x = x.tocsr()
+    if getattr(x, "format", None) != "csr":
+        raise TypeError(f"x must be a sparse matrix in CSR or CSC format, got {type(x).__name__}")
+    return (np.asarray(x.data), np.asarray(x.indices, dtype=np.int64),
+            np.asarray(x.indptr, dtype=np.int64), tuple(int(s) for s in x.shape))
+
+
+def _batch_entries(indptr, n_rows, rows):
+    """(r, p) of every entry of the batch x[rows], r ascending and p in storage order within a
+    row: the order in which the kernels add the terms."""
+    rows = np.arange(n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise IndexError(f"rows must lie in [0, {n_rows})")
+    start, count = indptr[rows], indptr[rows + 1] - indptr[rows]
+    r = np.repeat(np.arange(rows.size), count)
+    # p = start of its row + its position within the row
+    p = np.repeat(start, count) + np.arange(r.size) - np.repeat(np.cumsum(count) - count, count)
+    return rows.size, r, p
+
+
+def sparse_matmul(x, b, *, bias=None, activation=None, negative_slope=0.01, rows=None, out=None):
+    """C (M, N) = act(x[rows] @ b + bias) for a sparse x (n_rows, K), b (K, N).
+
+    C[r] = sum over the stored entries p of row rows[r], in storage order, of
+    data[p] * b[indices[p]] (duplicates add up, explicit zeros too); rows: None (every row) or
+    integer row indices, repeats allowed. The terms are added one by one in that order
+    (np.add.at), so with float32 inputs the sum is the kernel's, bit for bit. The epilogue is
+    bias_activation's. Writes into ``out`` if given and returns the result.
+    """
+    data, indices, indptr, (n_rows, n_cols) = _csr(x)
+    b = np.asarray(b)
+    if b.ndim != 2 or b.shape[0] != n_cols:
+        raise ValueError(f"b must have shape ({n_cols}, N), got {b.shape}")
+    m, r, p = _batch_entries(indptr, n_rows, rows)
+    c = np.zeros((m, b.shape[1]), dtype=np.result_type(data, b))
+    np.add.at(c, r, data[p, None] * b[indices[p]])
+    return _store(bias_activation(c, bias, activation or "identity",
+                                  negative_slope=negative_slope), out)
+
+
+def sparse_matmul_tn(x, d, *, rows=None, out=None):
+    """C (K, N) = x[rows]^T @ d for a sparse x (n_rows, K), d (M, N): a sparse first layer's
+    weight gradient.
+
+    C[k] = sum over r ascending, then over the entries p of row rows[r] with indices[p] == k in
+    storage order, of data[p] * d[r]; rows of C that no entry reaches are 0. Added one term at a
+    time in that order (np.add.at), as the kernel does. Writes into ``out`` if given.
+    """
+    data, indices, indptr, (n_rows, n_cols) = _csr(x)
+    d = np.asarray(d)
+    m, r, p = _batch_entries(indptr, n_rows, rows)
+    if d.ndim != 2 or d.shape[0] != m:
+        raise ValueError(f"d must have shape ({m}, N), got {d.shape}")
+    c = np.zeros((n_cols, d.shape[1]), dtype=np.result_type(data, d))
+    np.add.at(c, indices[p], data[p, None] * d[r])
     return _store(c, out)
 
 

@@ -579,7 +579,7 @@ def _sparse_npz(name, loaded, max_bytes):
     if nnz and (indices.min() < 0 or indices.max() >= n_minor):
         raise DatasetError(f"{name}: indices out of range [0, {n_minor})")
     try:
-        import scipy.sparse
+        import scipy.sparse   # optional dependency: imported lazily, on purpose
     except ImportError:
         raise DatasetError(f"{name}: holds a scipy.sparse matrix; reading it needs SciPy "
                            "(pip install scipy)") from None

@@ -15,6 +15,11 @@ Formulas (per call; M x N the output, K the inner dimension, n an optimizer's el
     bias_grad              M N; reads dZ, writes db
     softmax_cross_entropy  4 M N; sigmoid_cross_entropy 8 M N; mse_loss 4 M N
     sgd_update             4 n (6 n with momentum); rmsprop_update 10 n; adam_update 14 n
+    sparse_matmul          2 nnz N flops (M x N the output, K the sparse matrix's columns, nnz
+                           the stored entries of the M rows used); bytes: 8 nnz (indices and
+                           data), 8 (M + 1) for indptr, 8 M for rows if given, B (K N), C (M N),
+                           bias (N)
+    sparse_matmul_tn       2 nnz N flops (K x N the output); the same CSR bytes, D (M N), C (K N)
 % of peak compares GFLOP/s with the FMA peak measured on this machine (fastmlp.measure_peak_gflops)
 for the ISA and thread count in use.
 """
@@ -45,6 +50,11 @@ def _describe(r):
         if r["grad_act"]:
             text += f" *{r['grad_act']}'"
         return text + f" [{r['path']}]"
+    if kernel in ("sparse_matmul", "sparse_matmul_tn"):
+        text = f"{kernel} {r['m']}x{r['n']}x{r['k']}"
+        if "bias" in r["flags"]:
+            text += " +bias"
+        return text + (f" +{r['act']}" if r["act"] else "")
     if kernel in ("bias_activation", "activation_backward"):
         return f"{kernel} {r['act'] or 'identity'} {r['m']}x{r['n']}"
     if kernel in ("sgd_update", "rmsprop_update", "adam_update"):
