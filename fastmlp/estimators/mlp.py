@@ -31,6 +31,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 try:
     import scipy.optimize
@@ -359,10 +360,15 @@ class _BaseMLP(BaseEstimator):
                 print(f"Iteration {len(self.loss_curve_)}, loss = {last['loss']:.8f}")
 
         self.loss_curve_ = []
-        result = scipy.optimize.minimize(
-            objective, flat.astype(np.float64), method="L-BFGS-B", jac=True,
-            callback=iteration_done,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        # L-BFGS-B's own work is vector operations over n_params, on SciPy's BLAS: with BLAS
+        # threads of its own it competes with fastmlp's OpenMP threads for the same cores
+        # between evaluations (digits, 2 threads: 0.55 s a fit against 0.07 s with one BLAS
+        # thread; benchmarks/results/lbfgs_vs_sklearn.md)
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = scipy.optimize.minimize(
+                objective, flat.astype(np.float64), method="L-BFGS-B", jac=True,
+                callback=iteration_done,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         self.loss_ = float(result.fun)
         with np.errstate(over="ignore", invalid="ignore"):
