@@ -97,6 +97,22 @@ def test_train_npz_with_validation_split(tmp_path):
     assert re.search(r"^epoch 15/15 .* val acc [\d.]+%$", result.stderr, re.M)
 
 
+def test_train_sparse_npz_with_labels(tmp_path):
+    """A scipy.sparse.save_npz file (it holds no labels: --labels gives them) trains on the
+    sparse kernels; without --labels the command says what is missing."""
+    sp = pytest.importorskip("scipy.sparse")
+    X, y = blobs(500)
+    X = sp.csr_matrix(np.where(np.abs(X) > 1.0, X, 0.0))        # about a third nonzero
+    sp.save_npz(tmp_path / "x.npz", X)
+    np.save(tmp_path / "y.npy", y)
+    result = run(["train", "--data", "x.npz", "--labels", "y.npy", "--epochs", "15",
+                  "--hidden", "16", "--batch-size", "32", "--validation-split", "0.1"], tmp_path)
+    accuracy, n_test = summary(result.stdout)
+    assert n_test == 100 and accuracy > 80
+    missing = run(["train", "--data", "x.npz"], tmp_path, check=False)
+    assert missing.returncode != 0 and "--labels" in missing.stderr
+
+
 def test_train_csv_with_test_split_and_profile(tmp_path):
     X, y = blobs(400, seed=1)
     rows = ["a,b,c,d,label"] + [",".join(f"{v:.4f}" for v in x) + f",{c}" for x, c in zip(X, y)]
