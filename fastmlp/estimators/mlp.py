@@ -181,8 +181,8 @@ class _BaseMLP(BaseEstimator):
         self._validate_params()
 
         def bad(name, expected):
-            raise InvalidParameterError(f"The '{name}' parameter of {type(self).__name__} must be "
-                             f"{expected}. Got {getattr(self, name)!r} instead.")
+            raise InvalidParameterError(f"The '{name}' parameter of {type(self).__name__} must "
+                                        f"be {expected}. Got {getattr(self, name)!r} instead.")
 
         def is_int(v):
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
