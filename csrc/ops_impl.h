@@ -209,16 +209,23 @@ static int softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const
     return FM_OK;
 }
 
-static int sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
-                                 const float *w, float *dZ, double *loss, int nthreads)
+/* A loss of (Z, targets T) whose rows are summed over N and averaged over the M rows. */
+static int target_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
+                       float *dZ, double *loss, int nthreads, row_loss_fn row)
 {
     if (M <= 0 || N <= 0) { /* no terms: without a loop over empty rows */
         *loss = 0.0;
         return FM_OK;
     }
-    loss_ctx c = {Z, T, w, NULL, dZ, M > 0 ? 1.0f / (float)M : 0.0f};
-    *loss = M > 0 ? sum_rows(M, N, sigmoid_cross_entropy_row, &c, nthreads) / (double)M : 0.0;
+    loss_ctx c = {Z, T, w, NULL, dZ, 1.0f / (float)M};
+    *loss = sum_rows(M, N, row, &c, nthreads) / (double)M;
     return FM_OK;
+}
+
+static int sigmoid_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T,
+                                 const float *w, float *dZ, double *loss, int nthreads)
+{
+    return target_loss(M, N, Z, T, w, dZ, loss, nthreads, sigmoid_cross_entropy_row);
 }
 
 static int mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, const float *w,
@@ -233,13 +240,7 @@ static int mse_loss(ptrdiff_t M, ptrdiff_t N, const float *P, const float *T, co
 static int poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T, const float *w,
                         float *dZ, double *loss, int nthreads)
 {
-    if (M <= 0 || N <= 0) {
-        *loss = 0.0;
-        return FM_OK;
-    }
-    loss_ctx c = {Z, T, w, NULL, dZ, 1.0f / (float)M};
-    *loss = sum_rows(M, N, poisson_loss_row, &c, nthreads) / (double)M;
-    return FM_OK;
+    return target_loss(M, N, Z, T, w, dZ, loss, nthreads, poisson_loss_row);
 }
 
 /* ---- Optimizer updates: one pass over parameter, gradient and state -------------------------- */

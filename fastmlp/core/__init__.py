@@ -9,7 +9,8 @@ table are process state of the C library, and a second module would carry a seco
                  softmax_cross_entropy, sigmoid_cross_entropy, mse_loss, poisson_loss,
                  sgd_update, rmsprop_update, adam_update,
                  sparse_matmul, sparse_matmul_tn   (their names: KERNELS)
-    sparse input csr_arrays (a SciPy CSR / CSC matrix as the arrays the sparse kernels read)
+    sparse input is_sparse, csr_arrays (a SciPy CSR / CSC matrix as the arrays the sparse
+                 kernels read)
     plan         matmul_plan (how matmul runs a product: GEMM_PATHS, threads, blocks)
     training     TrainStep (forward / backward / update in native code), flat_params,
                  flat_buffer, dropout_mask, LOSSES, OPTIMIZERS
@@ -39,6 +40,7 @@ from ._native import (
     flat_buffer,
     flat_params,
     gemm_blocks,
+    is_sparse,
     get_isa,
     get_num_threads,
     local_num_threads,
@@ -64,11 +66,10 @@ machine.configure()
 
 __all__ = [
     "ACTIVATIONS", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS", "OPTIMIZERS",
-    "TrainStep", "local_num_threads",
-    "activation_backward", "adam_update", "bias_activation", "bias_grad", "csr_arrays",
-    "dropout_mask",
-    "flat_buffer", "flat_params", "gemm_blocks", "get_isa", "get_num_threads", "info", "matmul",
-    "matmul_plan", "measure_peak_gflops", "mse_loss", "poisson_loss", "reference", "rmsprop_update",
+    "TrainStep", "local_num_threads", "activation_backward", "adam_update", "bias_activation",
+    "bias_grad", "csr_arrays", "dropout_mask", "flat_buffer", "flat_params", "gemm_blocks",
+    "get_isa", "get_num_threads", "info", "is_sparse", "matmul", "matmul_plan",
+    "measure_peak_gflops", "mse_loss", "poisson_loss", "reference", "rmsprop_update",
     "set_gemm_blocks", "set_isa", "set_num_threads", "sgd_update", "sigmoid_cross_entropy",
     "softmax_cross_entropy", "sparse_matmul", "sparse_matmul_tn", "supported_isas", "testing",
 ]

@@ -65,6 +65,7 @@ cdef class TrainStep:
     cdef const int32_t *sp_indices
     cdef const float *sp_data
     cdef const ptrdiff_t *rows        # the batch's rows of a sparse X, NULL for 0 .. M-1
+    cdef double batch_weight          # its sum of sample weights (M without them)
     cdef double l2
     cdef int phase           # _PHASE_*: which phases the current batch has been through
     cdef bint per_output_grad  # mse_loss: scikit-learn's per-output gradient (n_out times)
@@ -74,12 +75,12 @@ cdef class TrainStep:
     cdef float *_buffer(self, Py_ssize_t n) except NULL
     cdef int _ensure_work(self, int nthreads) except -1
     cdef int _raise(self, int status) except -1
-    cdef int _validate(self, X, y, sample_weight, index, _Input *inp) except -1
+    cdef int _validate(self, X, y, sample_weight, index, _Input *inp,
+                       bint all_rows=*) except -1
     cdef int _load(self, const _Input *inp, int nt) noexcept nogil
     cdef int _forward(self, double *loss, int nt) noexcept nogil
     cdef int _backward(self, int nt) noexcept nogil
     cdef int _update(self, double lr, int nt) noexcept nogil
-    cdef int _validate_all(self, X, y, sample_weight, _Input *inp) except -1
     cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
                             int nt) noexcept nogil
     cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2,

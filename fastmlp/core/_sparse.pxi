@@ -27,6 +27,13 @@ cdef cnp.ndarray _csr_index_array(object a, str name, str what, object dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def is_sparse(x):
+    """Whether x is a SciPy sparse matrix or array (any format), recognised by its attributes:
+    the inputs that go to csr_arrays and the sparse kernels rather than to the dense ones."""
+    return (not isinstance(x, np.ndarray) and isinstance(getattr(x, "format", None), str)
+            and hasattr(x, "tocsr"))
+
+
 def csr_arrays(x, name="x"):
     """The CSR arrays of x that the sparse kernels read: (data, indices, indptr, shape).
 

@@ -396,11 +396,14 @@ cdef class TrainStep:
 
     # ---- with the GIL: validation ---------------------------------------------------------------
 
-    cdef int _validate(self, X, y, sample_weight, index, _Input *inp) except -1:
+    cdef int _validate(self, X, y, sample_weight, index, _Input *inp,
+                       bint all_rows=False) except -1:
         """Check a batch and describe it in inp; keep its arrays alive until the next one.
+        all_rows: any number of rows (loss_and_grad cuts them in chunks), else at most
+        max_batch.
         A sparse X (note l) is converted once per object: the same matrix object in the next
         batch reuses its arrays."""
-        cdef bint sparse = not isinstance(X, np.ndarray) and hasattr(X, "format")
+        cdef bint sparse = is_sparse(X)
         cdef Py_ssize_t n, n_cols, n_in = self.layers[0].n_in
         if sparse:
             if X is not self._sparse_src:
@@ -433,7 +436,7 @@ cdef class TrainStep:
             if index.shape[0] and (index.min() < 0 or index.max() >= n):
                 raise IndexError(f"index out of range for {n} rows")
         cdef Py_ssize_t M = index.shape[0] if gather else n
-        if M < 1 or M > self.max_batch:
+        if M < 1 or (M > self.max_batch and not all_rows):
             raise ValueError(f"batch size must be in [1, {self.max_batch}], got {M}")
         if labels and M and not gather and (y.min() < 0 or y.max() >= n_out):
             raise ValueError(f"labels must be in [0, {n_out})")
@@ -473,7 +476,7 @@ cdef class TrainStep:
         cdef float *wb = self.wbuf
         cdef void *yb = self.ybuf
         cdef const float *w = inp.w
-        cdef double wsum, l2_rows = M
+        cdef double wsum
         self.M, self.X, self.y, self.w = M, inp.X, inp.y, NULL
         self.sp_indptr, self.sp_indices, self.sp_data = inp.indptr, inp.indices, inp.data
         self.rows = <const ptrdiff_t *>inp.idx if inp.indptr != NULL else NULL  # note l: no copy
@@ -493,6 +496,7 @@ cdef class TrainStep:
             self.X, self.y = (xb if inp.X != NULL else NULL), yb
             if w != NULL:
                 w = wb
+        self.batch_weight = M
         if w != NULL:
             # note h: weights renormalised to sum to M (all-zero weights: no gradient)
             wsum = 0
@@ -501,9 +505,8 @@ cdef class TrainStep:
             for r in range(M):
                 wb[r] = <float>(w[r] * (M / wsum)) if wsum else 0
             self.w = wb
-            if wsum:
-                l2_rows = wsum
-        self.l2 = self.alpha / l2_rows
+            self.batch_weight = wsum
+        self.l2 = self.alpha / (self.batch_weight if self.batch_weight else M)
         self.phase = _PHASE_NONE
         return FM_OK
 
@@ -741,7 +744,7 @@ cdef class TrainStep:
             raise ValueError("loss_and_grad needs a network without dropout (a full-batch "
                              "solver needs a deterministic loss)")
         cdef _Input all_rows
-        self._validate_all(X, y, sample_weight, &all_rows)
+        self._validate(X, y, sample_weight, None, &all_rows, True)
         if out is None:
             out = np.empty(self.n_params, np.float64)
         elif not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.ndim == 1
@@ -763,18 +766,6 @@ cdef class TrainStep:
             raise FloatingPointError(f"the loss became {loss}")
         return loss, out
 
-    cdef int _validate_all(self, X, y, sample_weight, _Input *inp) except -1:
-        """_validate for all the rows of X, however many (loss_and_grad cuts them in chunks)."""
-        cdef ptrdiff_t keep = self.max_batch
-        shape = getattr(X, "shape", None)
-        self.max_batch = max(1, shape[0] if isinstance(shape, tuple) and len(shape) >= 1
-                             and isinstance(shape[0], (int, np.integer)) else 1)
-        try:
-            self._validate(X, y, sample_weight, None, inp)
-        finally:
-            self.max_batch = keep
-        return 0
-
     cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
                             int nt) noexcept nogil:
         """Note k, over the rows inp describes (any number). Returns FM_OK, FM_EINVAL,
@@ -783,7 +774,7 @@ cdef class TrainStep:
         cdef ptrdiff_t n_out = self.layers[self.n_layers - 1].n_out
         cdef size_t ysize = sizeof(int32_t) if self.loss_kernel == FM_K_SOFTMAX_CROSS_ENTROPY \
             else n_out * sizeof(float)
-        cdef double total_w = 0, chunk_w, chunk_loss, sq = 0
+        cdef double total_w = 0, chunk_loss, sq = 0
         cdef int status, l
         cdef _Input chunk
         for i in range(self.n_params):
@@ -797,12 +788,7 @@ cdef class TrainStep:
             chunk.indices, chunk.data = inp.indices, inp.data
             chunk.y = <const char *>inp.y + start * ysize
             chunk.w = inp.w + start if inp.w != NULL else NULL
-            chunk_w = rows
-            if inp.w != NULL:
-                chunk_w = 0
-                for i in range(rows):
-                    chunk_w += chunk.w[i]
-            self._load(&chunk, nt)
+            self._load(&chunk, nt)          # its batch_weight: W_c of note k
             chunk_loss = 0
             status = self._forward(&chunk_loss, nt)
             if status == FM_OK and self.phase == _PHASE_FORWARD:
@@ -814,10 +800,10 @@ cdef class TrainStep:
                 self.with_l2 = 1
                 loss[0] = NAN
                 return FM_OK
-            loss[0] += chunk_w * chunk_loss
+            loss[0] += self.batch_weight * chunk_loss
             for i in range(self.n_params):
-                acc[i] += chunk_w * self.g_flat[i]
-            total_w += chunk_w
+                acc[i] += self.batch_weight * self.g_flat[i]
+            total_w += self.batch_weight
             start += rows
         self.with_l2 = 1
         self.phase = _PHASE_NONE

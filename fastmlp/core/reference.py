@@ -284,6 +284,17 @@ def _weights(sample_weight, m, dtype):
     return w[:, None]
 
 
+def _logits_targets(logits, targets, sample_weight):
+    """(z, t, w, M) of a loss of logits and same-shape targets, checked; w is None if M == 0."""
+    z = np.asarray(logits)
+    _check_2d(z, "logits")
+    t = np.asarray(targets, dtype=z.dtype)
+    if t.shape != z.shape:
+        raise ValueError(f"targets shape {t.shape} does not match logits shape {z.shape}")
+    m = z.shape[0]
+    return z, t, (_weights(sample_weight, m, z.dtype) if m else None), m
+
+
 def softmax_cross_entropy(logits, labels, sample_weight=None, *, grad_out=None):
     """Softmax cross-entropy averaged over the batch.
 
@@ -329,15 +340,9 @@ def sigmoid_cross_entropy(logits, targets, sample_weight=None, *, grad_out=None)
     sigmoid(z), without overflow); loss = (1/M) sum_i w_i sum_j l_ij;
     grad = w_i (sigmoid(z_ij) - t_ij) / M. Returns (loss, grad); M == 0 gives (0.0, empty grad).
     """
-    z = np.asarray(logits)
-    _check_2d(z, "logits")
-    t = np.asarray(targets, dtype=z.dtype)
-    if t.shape != z.shape:
-        raise ValueError(f"targets shape {t.shape} does not match logits shape {z.shape}")
-    m = z.shape[0]
+    z, t, w, m = _logits_targets(logits, targets, sample_weight)
     if m == 0:
         return 0.0, _store(np.zeros_like(z), grad_out)
-    w = _weights(sample_weight, m, z.dtype)
 
     per_element = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
     loss = (w * per_element).sum() / m
@@ -375,15 +380,9 @@ def poisson_loss(logits, targets, sample_weight=None, *, grad_out=None):
     loss = (1/M) sum_i w_i sum_j (xlogy(t, t) - t z - t + exp(z)); grad = w_i (exp(z) - t) / M.
     Returns (loss, grad); M == 0 gives (0.0, empty grad).
     """
-    z = np.asarray(logits)
-    _check_2d(z, "logits")
-    t = np.asarray(targets, dtype=z.dtype)
-    if t.shape != z.shape:
-        raise ValueError(f"targets shape {t.shape} does not match logits shape {z.shape}")
-    m = z.shape[0]
+    z, t, w, m = _logits_targets(logits, targets, sample_weight)
     if m == 0:
         return 0.0, _store(np.zeros_like(z), grad_out)
-    w = _weights(sample_weight, m, z.dtype)
     p = np.exp(z.astype(np.float64))
     t64 = t.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):

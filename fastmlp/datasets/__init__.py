@@ -515,12 +515,7 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
                 wanted = ", ".join(f"{xk}/{yk}" for xk, yk in _NPZ_KEY_PAIRS)
                 raise DatasetError(f"{name}: no feature/label arrays found; expected one of the "
                                    f"key pairs {wanted}; available keys: {sorted(keys)}")
-            members = {i.filename: i for i in loaded.zip.infolist()}
-            for key in pair:
-                info = members.get(f"{key}.npy", members.get(key))
-                if info is not None and info.file_size > max_bytes:
-                    raise DatasetError(f"{name}: array {key!r} is {info.file_size} bytes, over "
-                                       f"max_bytes={max_bytes}")
+            _check_member_sizes(name, loaded, pair, max_bytes)
             try:
                 X, y = loaded[pair[0]], loaded[pair[1]]
             except Exception as exc:    # see above
@@ -540,15 +535,21 @@ def load_npz(path, *, max_bytes=DEFAULT_MAX_BYTES):
 _SPARSE_KEYS = {"data", "indices", "indptr", "format", "shape"}   # scipy.sparse.save_npz's
 
 
-def _sparse_npz(name, loaded, max_bytes):
-    """(csr_matrix, y or None) from an open archive holding scipy.sparse.save_npz's arrays."""
+def _check_member_sizes(name, loaded, keys, max_bytes):
+    """Each of the archive's arrays keys is at most max_bytes once decompressed (checked before
+    it is read)."""
     members = {i.filename: i for i in loaded.zip.infolist()}
-    wanted = sorted(_SPARSE_KEYS | ({"y"} if "y" in loaded.files else set()))
-    for key in wanted:
+    for key in keys:
         info = members.get(f"{key}.npy", members.get(key))
         if info is not None and info.file_size > max_bytes:
             raise DatasetError(f"{name}: array {key!r} is {info.file_size} bytes, over "
                                f"max_bytes={max_bytes}")
+
+
+def _sparse_npz(name, loaded, max_bytes):
+    """(csr_matrix, y or None) from an open archive holding scipy.sparse.save_npz's arrays."""
+    wanted = sorted(_SPARSE_KEYS | ({"y"} if "y" in loaded.files else set()))
+    _check_member_sizes(name, loaded, wanted, max_bytes)
     try:
         arrays = {key: loaded[key] for key in wanted}
     except Exception as exc:    # see load_npz

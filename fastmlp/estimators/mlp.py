@@ -35,7 +35,6 @@ from threadpoolctl import threadpool_limits
 
 try:
     import scipy.optimize
-    from scipy import sparse
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
     from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
     from sklearn.metrics import accuracy_score, r2_score
@@ -58,7 +57,7 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
 
 from .. import io
 from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, flat_buffer, flat_params,
-                    local_num_threads, matmul, sparse_matmul)
+                    is_sparse, local_num_threads, matmul, sparse_matmul)
 from ..model import init_params, optim
 
 __all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError"]
@@ -84,7 +83,7 @@ def _float32(X):
     on it natively: fastmlp.core.sparse_matmul). Values beyond float32's range become inf
     (training then stops with NonFiniteWeightsError)."""
     with np.errstate(over="ignore"):
-        if sparse.issparse(X):
+        if is_sparse(X):
             X = X.tocsr()
             return X if X.dtype == np.float32 else X.astype(np.float32)
         return np.ascontiguousarray(X, dtype=np.float32)
@@ -178,6 +177,8 @@ class _BaseMLP(BaseEstimator):
         return tags
 
     def _check_params(self):
+        """scikit-learn's constraints (_parameter_constraints), then what they leave open:
+        list-valued parameters, finiteness, bools where a number is due."""
         self._validate_params()
 
         def bad(name, expected):
@@ -207,11 +208,6 @@ class _BaseMLP(BaseEstimator):
                                               for a in acts):
             bad("activation", f"one of {ACTIVATIONS} or a list of them, one per hidden "
                 "layer")
-        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
-            bad("solver", f"one of {tuple(SOLVERS)}")
-        if not ((isinstance(self.learning_rate, str) and self.learning_rate in SCHEDULES)
-                or callable(self.learning_rate)):
-            bad("learning_rate", f"one of {SCHEDULES} or a schedule (callable t -> lr)")
         if not (self.batch_size == "auto" or (is_int(self.batch_size) and self.batch_size >= 1)):
             bad("batch_size", "'auto' or a positive int")
         if not (is_int(self.max_iter) and self.max_iter >= 1):
@@ -238,8 +234,6 @@ class _BaseMLP(BaseEstimator):
         if not (self.n_threads is None or (is_int(self.n_threads)
                                            and 1 <= self.n_threads <= MAX_THREADS)):
             bad("n_threads", f"None or an int in [1, {MAX_THREADS}]")
-        if self.callback is not None and not callable(self.callback):
-            bad("callback", "None or a callable")
         rs = self.random_state
         if not (rs is None or (is_int(rs) and 0 <= rs < 2**32)
                 or isinstance(rs, np.random.RandomState)):
@@ -553,7 +547,7 @@ class _BaseMLP(BaseEstimator):
                 last = l == len(self.coefs_) - 1
                 act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
                     else acts[l]
-                a = (sparse_matmul if l == 0 and sparse.issparse(a) else matmul)(
+                a = (sparse_matmul if l == 0 and is_sparse(a) else matmul)(
                     a, W, bias=b, activation=act)
         if self.out_activation_ == "exp":
             np.exp(a, out=a)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import io
 from ..core import (ACTIVATIONS, TrainStep, activation_backward, bias_activation, bias_grad,
-                    dropout_mask, flat_buffer, flat_params, matmul, sparse_matmul,
+                    dropout_mask, flat_buffer, flat_params, is_sparse, matmul, sparse_matmul,
                     sparse_matmul_tn)
 
 __all__ = ["MLP", "init_params"]
@@ -83,14 +83,9 @@ def _rate(p, what):
     return float(p)
 
 
-def _is_sparse(x):
-    """A SciPy sparse matrix or array (recognised by its attributes: no SciPy import)."""
-    return not isinstance(x, np.ndarray) and hasattr(x, "format") and hasattr(x, "tocsr")
-
-
 def _check_rows(x, name, width, what):
     """x must be a 2-D array of width columns (the network's inputs or outputs)."""
-    if _is_sparse(x) and len(x.shape) == 2 and x.shape[1] == width:
+    if is_sparse(x) and len(x.shape) == 2 and x.shape[1] == width:
         return
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != width:
         shape = getattr(x, "shape", type(x).__name__)
@@ -166,7 +161,7 @@ class MLP:
         cache = [(X, None, None, None)]
         for l in range(self.n_layers):
             W, b, act = self.params[2 * l], self.params[2 * l + 1], self._act(l)
-            product = sparse_matmul if l == 0 and _is_sparse(a) else matmul
+            product = sparse_matmul if l == 0 and is_sparse(a) else matmul
             if act == "gelu" and training:
                 z = product(a, W, bias=b)
                 y = bias_activation(z, None, "gelu")
@@ -200,14 +195,14 @@ class MLP:
         d = dout if out_act == "identity" else activation_backward(dout, out_act, y=y, z=z)
         for l in range(self.n_layers - 1, -1, -1):
             a_prev, z_prev, y_prev, mask_prev = cache[l]
-            if l == 0 and _is_sparse(a_prev):
+            if l == 0 and is_sparse(a_prev):
                 sparse_matmul_tn(a_prev, d, out=self.grads[0])
             else:
                 matmul(a_prev, d, trans_a=True, out=self.grads[2 * l])
             bias_grad(d, out=self.grads[2 * l + 1])
             W = self.params[2 * l]
             if l == 0:
-                return None if _is_sparse(a_prev) else matmul(d, W, trans_b=True)
+                return None if is_sparse(a_prev) else matmul(d, W, trans_b=True)
             act = self.activations[l - 1]
             grad_act = None if act == "identity" else act
             d = matmul(d, W, trans_b=True, grad_activation=grad_act, y=y_prev, z=z_prev)
@@ -216,7 +211,7 @@ class MLP:
 
     def predict(self, X):
         """forward(X) in inference mode (no dropout); a dense X is converted to float32."""
-        return self.forward(X if _is_sparse(X) else np.asarray(X, dtype=np.float32))
+        return self.forward(X if is_sparse(X) else np.asarray(X, dtype=np.float32))
 
     def train_step(self, loss, max_batch, *, optimizer="adam", **hyper):
         """A TrainStep over this model's parameters (updated in place): one native call per

@@ -125,7 +125,7 @@ def _features(X):
     """Images (integer pixels, or more than 2-D) are flattened and scaled to [0, 1]; a table of
     floats is used as given (scale it beforehand); a sparse matrix (CSR) is kept sparse: the
     first layer runs the sparse kernels on it."""
-    if hasattr(X, "tocsr") and not isinstance(X, np.ndarray):
+    if core.is_sparse(X):
         return X.tocsr()
     X = np.asarray(X)
     if X.ndim > 2 or np.issubdtype(X.dtype, np.integer):
