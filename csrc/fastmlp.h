@@ -159,6 +159,60 @@ void fm_activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const flo
 /* dZ[M,N] -> db[N] = sum over rows of dZ, each column summed in row order. dZ: IN, db: OUT. */
 void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads);
 
+/* ---- Normalization, fused with the activation that follows it -----------------------------
+ * Both normalize H[M,N] (a linear layer's output, bias included) to Hn = (H - mean) * rstd with
+ * rstd = 1 / sqrt(var + eps) (var the biased variance), then write Y = act(gamma * Hn + beta)
+ * (act: FM_ACT_*, FM_ACT_IDENTITY for the normalization alone). LayerNorm takes mean and var over
+ * each row's N features, BatchNorm over each column's M rows (the batch). Statistics are
+ * two-pass (the mean, then the mean of squared deviations from it, in float32): one more read
+ * of H than Welford's update, and no cancellation of E[h^2] - E[h]^2 when |mean| >> spread.
+ * Each statistic is one thread's sum in index order (rows of a LayerNorm row in lane-blocked
+ * order, VLEN lanes then a fixed pairwise tree; BatchNorm's columns in row order, lanes along
+ * N), so the bits depend on the shapes and the ISA, never on the thread count (rule 4).
+ * The backward kernels take dY (the gradient w.r.t. Y) and recompute Hn from H, mean and rstd,
+ * and act'(.) from Y (relu, leaky_relu, tanh, logistic) or from z = gamma Hn + beta (gelu):
+ * no pre-activation buffer is kept. dH may alias dY; nothing else may overlap an output.
+ * dgamma and dbeta are column sums in row order (as fm_bias_grad): OUT, overwritten. */
+
+/* H[M,N], gamma[N], beta[N] -> Y[M,N] = act(gamma (H - mean_i) rstd_i + beta); mean[M], rstd[M]:
+ * OUT, per row, kept for backward. Y may alias H. eps > 0. */
+void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                          const float *beta, double eps, int act, float slope, float *Y,
+                          float *mean, float *rstd, int nthreads);
+/* dY[M,N], Y[M,N], H[M,N], gamma, beta, mean[M], rstd[M] -> dH[M,N], dgamma[N], dbeta[N].
+ * With g = dY * act'(.) and gh = g * gamma: dH = rstd (gh - mean_j(gh) - Hn mean_j(gh Hn)),
+ * dgamma = sum_i g Hn, dbeta = sum_i g. Y may be NULL for identity and gelu. */
+void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                           const float *H, const float *gamma, const float *beta,
+                           const float *mean, const float *rstd, int act, float slope, float *dH,
+                           float *dgamma, float *dbeta, int nthreads);
+
+/* H[M,N], gamma[N], beta[N] -> Y[M,N] = act(gamma (H - mean_j) rstd_j + beta); mean[N], rstd[N]:
+ * OUT, per column. training != 0: batch statistics (M >= 1), and when running_mean and
+ * running_var (INOUT [N]) are not NULL they move as PyTorch's BatchNorm1d moves them:
+ * running = (1 - momentum) running + momentum batch, with the unbiased variance
+ * var M / (M - 1) (the biased one when M == 1). training == 0: inference, the statistics are
+ * the running ones (mean = running_mean, rstd = 1 / sqrt(running_var + eps)), M may be 0, and
+ * running_mean, running_var are IN and must not be NULL. Y may alias H. */
+void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                          const float *beta, double eps, int training, double momentum,
+                          float *running_mean, float *running_var, int act, float slope,
+                          float *Y, float *mean, float *rstd, int nthreads);
+/* dY[M,N], Y[M,N], H[M,N], gamma, beta, mean[N], rstd[N] -> dH[M,N], dgamma[N], dbeta[N], the
+ * gradient of a training forward (batch statistics): with g = dY * act'(.),
+ * dbeta = sum_i g, dgamma = sum_i g Hn, dH = gamma rstd (g - dbeta / M - Hn dgamma / M). */
+void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                           const float *H, const float *gamma, const float *beta,
+                           const float *mean, const float *rstd, int act, float slope, float *dH,
+                           float *dgamma, float *dbeta, int nthreads);
+
+/* g[n] -> the global norm ||g||_2, computed in double in a fixed order (at most 256 blocks of
+ * consecutive elements, a block count that depends on n only, each summed as VLEN lanes, then
+ * the blocks in order); if max_norm > 0 and the norm exceeds it, g *= max_norm / (norm + 1e-6)
+ * (PyTorch's clip_grad_norm_). g: INOUT. Returns the norm before clipping (NaN if g holds one:
+ * g is then left as it is). */
+double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads);
+
 /* ---- Losses: loss and gradient in one pass; the mean is over the batch (M rows) ------------- */
 /* Each returns FM_OK, writes *loss (0 when M == 0), and writes the gradient dZ (may alias the
  * input). w: IN [M] per-sample weights or NULL (all ones). */
@@ -225,13 +279,16 @@ enum {
     FM_K_MATMUL = 0, FM_K_BIAS_ACTIVATION = 1, FM_K_ACTIVATION_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
     FM_K_SOFTMAX_CROSS_ENTROPY = 4, FM_K_SIGMOID_CROSS_ENTROPY = 5, FM_K_MSE_LOSS = 6,
     FM_K_SGD_UPDATE = 7, FM_K_RMSPROP_UPDATE = 8, FM_K_ADAM_UPDATE = 9, FM_K_POISSON_LOSS = 10,
-    FM_K_SPARSE_MATMUL = 11, FM_K_SPARSE_MATMUL_TN = 12, FM_K_COUNT = 13
+    FM_K_SPARSE_MATMUL = 11, FM_K_SPARSE_MATMUL_TN = 12, FM_K_LAYERNORM_FORWARD = 13,
+    FM_K_LAYERNORM_BACKWARD = 14, FM_K_BATCHNORM_FORWARD = 15, FM_K_BATCHNORM_BACKWARD = 16,
+    FM_K_CLIP_GRAD_NORM = 17, FM_K_COUNT = 18
 };
 /* Variant bits of a profile entry. */
 enum {
     FM_PROF_TRANS_A = 1, FM_PROF_TRANS_B = 2, FM_PROF_BIAS = 4,  /* matmul (bias: sparse_matmul) */
     FM_PROF_MOMENTUM = 8, FM_PROF_NESTEROV = 16,                 /* sgd_update */
-    FM_PROF_WEIGHT_DECAY = 32                                    /* adam_update */
+    FM_PROF_WEIGHT_DECAY = 32,                                   /* adam_update */
+    FM_PROF_TRAINING = 64                                        /* batchnorm_forward */
 };
 typedef struct {
     int kernel;         /* FM_K_* */
