@@ -86,7 +86,11 @@ static const char *const kernel_names[FM_K_COUNT] = {
     [FM_K_SIGMOID_CROSS_ENTROPY] = "sigmoid_cross_entropy", [FM_K_MSE_LOSS] = "mse_loss",
     [FM_K_SGD_UPDATE] = "sgd_update", [FM_K_RMSPROP_UPDATE] = "rmsprop_update",
     [FM_K_ADAM_UPDATE] = "adam_update", [FM_K_POISSON_LOSS] = "poisson_loss",
-    [FM_K_SPARSE_MATMUL] = "sparse_matmul", [FM_K_SPARSE_MATMUL_TN] = "sparse_matmul_tn"};
+    [FM_K_SPARSE_MATMUL] = "sparse_matmul", [FM_K_SPARSE_MATMUL_TN] = "sparse_matmul_tn",
+    [FM_K_LAYERNORM_FORWARD] = "layernorm_forward",
+    [FM_K_LAYERNORM_BACKWARD] = "layernorm_backward",
+    [FM_K_BATCHNORM_FORWARD] = "batchnorm_forward",
+    [FM_K_BATCHNORM_BACKWARD] = "batchnorm_backward", [FM_K_CLIP_GRAD_NORM] = "clip_grad_norm"};
 
 static const char *name_of(const char *const *names, int count, int i)
 {
@@ -383,6 +387,70 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
     prof_key key = KEY(FM_K_ADAM_UPDATE, FM_ACT_IDENTITY, flags, 0, n);
     PROFILED(key, (double)n * 14, F4 * (double)n * 7,
              cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, threads(nthreads)));
+}
+
+/* Normalization: forward 8 flops an element (two passes of statistics, then normalize and
+ * scale), backward 14 (dgamma / dbeta and dH, Hn recomputed in both), plus the activation's
+ * one; every array counted once. */
+void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                          const float *beta, double eps, int act, float slope, float *Y,
+                          float *mean, float *rstd, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_LAYERNORM_FORWARD, act, 0, M, N);
+    PROFILED(key, mn * (8 + (act != FM_ACT_IDENTITY)), F4 * (2 * mn + 2 * N + 2 * M),
+             cur()->layernorm_forward(M, N, H, gamma, beta, eps, act, slope, Y, mean, rstd,
+                                      threads(nthreads)));
+}
+
+void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                           const float *H, const float *gamma, const float *beta,
+                           const float *mean, const float *rstd, int act, float slope, float *dH,
+                           float *dgamma, float *dbeta, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_LAYERNORM_BACKWARD, act, 0, M, N);
+    PROFILED(key, mn * (14 + (act != FM_ACT_IDENTITY)),
+             F4 * (mn * (3 + (Y != NULL)) + 4 * N + 2 * M),
+             cur()->layernorm_backward(M, N, dY, Y, H, gamma, beta, mean, rstd, act, slope, dH,
+                                       dgamma, dbeta, threads(nthreads)));
+}
+
+void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                          const float *beta, double eps, int training, double momentum,
+                          float *running_mean, float *running_var, int act, float slope,
+                          float *Y, float *mean, float *rstd, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_BATCHNORM_FORWARD, act, training ? FM_PROF_TRAINING : 0, M, N);
+    PROFILED(key, mn * ((training ? 8 : 4) + (act != FM_ACT_IDENTITY)),
+             F4 * (2 * mn + 4 * N + (running_mean ? 2 * N : 0)),
+             cur()->batchnorm_forward(M, N, H, gamma, beta, eps, training, momentum,
+                                      running_mean, running_var, act, slope, Y, mean, rstd,
+                                      threads(nthreads)));
+}
+
+void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                           const float *H, const float *gamma, const float *beta,
+                           const float *mean, const float *rstd, int act, float slope, float *dH,
+                           float *dgamma, float *dbeta, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_BATCHNORM_BACKWARD, act, 0, M, N);
+    PROFILED(key, mn * (14 + (act != FM_ACT_IDENTITY)),
+             F4 * (mn * (3 + (Y != NULL)) + 6 * N),
+             cur()->batchnorm_backward(M, N, dY, Y, H, gamma, beta, mean, rstd, act, slope, dH,
+                                       dgamma, dbeta, threads(nthreads)));
+}
+
+/* 2 flops an element for the norm, 1 more to scale; g read once (twice when scaled). */
+double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
+{
+    double norm;
+    prof_key key = KEY(FM_K_CLIP_GRAD_NORM, FM_ACT_IDENTITY, 0, 0, n);
+    PROFILED(key, 2.0 * (double)n, F4 * (double)n,
+             norm = cur()->clip_grad_norm(n, g, max_norm, threads(nthreads)));
+    return norm;
 }
 
 double fm_measure_peak_gflops(double seconds, int nthreads)

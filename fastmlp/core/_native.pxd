@@ -6,6 +6,11 @@
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
+cdef enum:                   # _Layer.norm: the normalization before a hidden layer's activation
+    _NORM_NONE = 0
+    _NORM_LAYER = 1          # fm_layernorm_*
+    _NORM_BATCH = 2          # fm_batchnorm_*
+
 cdef struct _Layer:
     ptrdiff_t n_in, n_out
     int act           # FM_ACT_* of its output; the last layer's is FM_ACT_IDENTITY
@@ -20,6 +25,16 @@ cdef struct _Layer:
     float *D          # [max_batch, n_out] gradient of the loss w.r.t. this layer's pre-activation
     uint64_t keep     # dropout: keep an element when its 24-bit hash < keep
     float scale       # dropout: 1 / (1 - p)
+    int norm          # _NORM_*; the rest is set for a normalized layer only (note m):
+    float *H          # [max_batch, n_out] the GEMM's output, the norm's input
+    float *gamma      # [n_out] in the flat parameter buffer
+    float *beta
+    float *dgamma     # [n_out] in the flat gradient buffer
+    float *dbeta
+    float *mean       # [max_batch] per row (layer), [n_out] per column (batch)
+    float *rstd
+    float *run_mean   # [n_out] batch: the running statistics (the caller's arrays)
+    float *run_var
 
 # A batch as given, validated: the caller's arrays (their owner keeps them alive).
 cdef struct _Input:
@@ -36,19 +51,23 @@ cdef struct _Input:
 cdef class TrainStep:
     cdef _Layer *layers
     cdef int n_layers, loss_kernel, update_kernel, nesterov
-    cdef readonly ptrdiff_t max_batch, n_params, n_weights
+    cdef readonly ptrdiff_t max_batch, n_params, n_weights, n_layer_params
     cdef public long t
     cdef double momentum, beta1, beta2, rho, eps, weight_decay, alpha
     cdef uint64_t seed
     cdef readonly list params, grads, state
     cdef readonly object flat_params, flat_grads
-    cdef readonly tuple activations, dropout
+    cdef readonly tuple activations, dropout, normalization
+    cdef readonly list running_stats
+    cdef readonly double norm_eps, norm_momentum, clip, grad_norm
+    cdef bint norm_decay, measure_norm
     cdef readonly str loss, optimizer
     cdef float *p_flat
     cdef float *g_flat
     cdef float *s1_flat      # optimizer state: SGD velocity, RMSProp square average, Adam m
     cdef float *s2_flat      # Adam v
     cdef list _buffers       # keeps the activation / gradient / mask arrays alive
+    cdef list _outputs       # the hidden layers' Y as arrays (layer_outputs)
     cdef object _work, _xbuf, _ybuf, _wbuf, _batch_refs, _sparse_src, _sparse_arrays
     cdef float *xbuf          # the gathered batch: rows of X, its targets, its sample weights
     cdef void *ybuf
@@ -83,5 +102,5 @@ cdef class TrainStep:
     cdef int _update(self, double lr, int nt) noexcept nogil
     cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
                             int nt) noexcept nogil
-    cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2,
+    cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2, double wd,
                             int nt) noexcept nogil

@@ -744,5 +744,6 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
 
 
 include "_sparse.pxi"
+include "_norm.pxi"
 include "_profile.pxi"
 include "_train_step.pxi"

@@ -35,6 +35,23 @@
 #    term alpha / W * W_l: the gradient of sum_i w_i l_i / W + alpha / (2 W) ||W||^2, exactly
 #    the objective of a batch holding all the data. The chunks depend on max_batch only, so the
 #    result is the same at any thread count.
+# m) Normalization (normalization="layer" | "batch" per hidden layer): Linear -> norm ->
+#    activation -> dropout. The GEMM writes H = A W + b (bias kept, as PyTorch's Linear before a
+#    norm keeps it), the norm kernel writes Y = act(gamma Hn + beta) in the same pass as the
+#    normalization (fused, fastmlp.h), and keeps mean and rstd. Backward: the next layer's
+#    GEMM writes dY (no activation epilogue), dropout's mask, then the norm's backward turns dY
+#    into dH in place (act' recomputed inside) with dgamma and dbeta. gamma and beta are extra
+#    entries of the flat parameter buffer after the biases [..., gamma_l, beta_l, ...] (note g),
+#    so every optimizer trains them in its one pass; they get neither the L2 penalty nor AdamW's
+#    decay unless norm_decay=True. BatchNorm's running mean and variance (PyTorch's momentum
+#    convention) are state, not parameters: arrays of the caller (running_stats) that forward
+#    updates in place. loss_and_grad refuses BatchNorm (a full-batch objective would depend on
+#    how the data are cut into chunks).
+# n) clip_grad_norm > 0: update first scales flat_grads (the data loss's gradient, before the
+#    L2 term: as torch.nn.utils.clip_grad_norm_ before an optimizer's weight_decay) to that
+#    global norm if it is larger (fm_clip_grad_norm: one deterministic pass for the norm, one to
+#    scale); grad_norm is the norm before clipping (NaN until measured). measure_grad_norm=True
+#    measures it on every update without clipping (diagnostics).
 # A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
 
 from libc.stdint cimport uint64_t
@@ -115,11 +132,21 @@ cdef double _sum_squares(ptrdiff_t n, const float *x) noexcept nogil:
 # ---- the flat layout (note g) --------------------------------------------------------------------
 
 
+def _n_layers(shapes):
+    """L: the leading (2-D weight, 1-D bias) pairs of [W0, b0, W1, b1, ..., extra...]; what
+    follows them (normalization parameters, 1-D) is extra."""
+    L = 0
+    while 2 * L + 1 < len(shapes) and len(shapes[2 * L]) == 2 and len(shapes[2 * L + 1]) == 1:
+        L += 1
+    return L
+
+
 def _flat_offsets(list shapes):
-    """Element offsets of [W0, b0, W1, b1, ...] in the layout [W0, ..., W_{L-1}, b0, ..., b_{L-1}],
-    and the total size."""
+    """Element offsets of [W0, b0, W1, b1, ..., extra...] in the layout [W0, ..., W_{L-1}, b0, ...,
+    b_{L-1}, extra...] (note g), and the total size."""
     sizes = [int(np.prod(s)) for s in shapes]
-    order = list(range(0, len(shapes), 2)) + list(range(1, len(shapes), 2))
+    L = _n_layers(shapes)
+    order = list(range(0, 2 * L, 2)) + list(range(1, 2 * L, 2)) + list(range(2 * L, len(shapes)))
     offsets, total = [0] * len(shapes), 0
     for i in order:
         offsets[i] = total
@@ -130,7 +157,9 @@ def _flat_offsets(list shapes):
 def flat_params(params):
     """Copy params [W0, b0, W1, b1, ...] (arrays of any float dtype) into one new flat float32
     buffer laid out [W0, W1, ..., b0, b1, ...] (weights first); return the list of views into it,
-    in the order given. The buffer is views[0].base (see flat_buffer)."""
+    in the order given. The buffer is views[0].base (see flat_buffer). 1-D arrays after the
+    layers' pairs (a normalized network's gamma0, beta0, gamma1, beta1, ...) follow the biases,
+    in order."""
     params = _param_list(params)
     arrays = []
     for i, p in enumerate(params):
@@ -216,6 +245,15 @@ cdef class TrainStep:
     per_output_grad: with "mse_loss" and several outputs, step with scikit-learn's gradient:
         each output's half mean squared error differentiated on its own, n_outputs times the
         gradient of the reported loss (their mean). False (the default): the loss's own gradient.
+    normalization: None, "layer" or "batch" (every hidden layer), or one of them per hidden
+        layer (note m). params then end with gamma_l, beta_l (n_out,) of each normalized layer.
+    norm_eps, norm_momentum: the norms' eps and BatchNorm's running-statistics momentum
+        (PyTorch's convention: running = (1 - m) running + m batch).
+    running_stats: None (zeros and ones, owned by the step) or [mean_l, var_l, ...] float32
+        (n_out,) arrays of each batch-normalized layer, updated in place by forward.
+    norm_decay: gamma and beta get the L2 penalty and AdamW's decay too (default False).
+    clip_grad_norm: 0 (off) or the largest global norm of flat_grads an update uses (note n).
+    measure_grad_norm: measure grad_norm on every update without clipping.
 
     Phases: forward(X, y, sample_weight, index=) -> loss; backward() fills flat_grads;
     update(lr) steps the optimizer. run(...) is the three in one native call.
@@ -224,7 +262,10 @@ cdef class TrainStep:
 
     Attributes: t (the number of updates done; Adam's step), params and grads (views of
     flat_params and flat_grads, in the order of params), n_params, n_weights (the weights come
-    first in the flat buffers), state (the optimizer's flat state buffers).
+    first in the flat buffers), n_layer_params (weights and biases: the normalization
+    parameters follow), state (the optimizer's flat state buffers), running_stats,
+    grad_norm (the last update's gradient norm before clipping, note n). layer_outputs()
+    returns the hidden layers' outputs of the last forward (diagnostics).
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -235,9 +276,11 @@ cdef class TrainStep:
 
     def __init__(self, params, activations, loss, max_batch, *, optimizer="adam", momentum=0.9,
                  nesterov=False, beta1=0.9, beta2=0.999, rho=0.9, eps=1e-8, weight_decay=0.0,
-                 alpha=0.0, dropout=None, seed=0, per_output_grad=False, nonfinite="raise"):
+                 alpha=0.0, dropout=None, seed=0, per_output_grad=False, nonfinite="raise",
+                 normalization=None, norm_eps=1e-5, norm_momentum=0.1, running_stats=None,
+                 norm_decay=False, clip_grad_norm=0.0, measure_grad_norm=False):
         params = _param_list(params)
-        cdef int L = len(params) // 2, l
+        cdef int L = _n_layers([getattr(p, "shape", ()) for p in params]) or len(params) // 2, l
         if isinstance(activations, (str, bytes)) or not hasattr(activations, "__iter__"):
             raise TypeError(f"activations must be a list of names, one per hidden layer, got "
                             f"{type(activations).__name__}")
@@ -259,6 +302,16 @@ cdef class TrainStep:
             raise ValueError(f"dropout: need one rate in [0, 1) per hidden layer ({L - 1}), got "
                              f"{dropout!r}")
         dropout = tuple(_real(p, "dropout", 0.0, 1.0, False, True) for p in dropout)
+        normalization = _normalization(normalization, L - 1)
+        n_norm = sum(k is not None for k in normalization)
+        if len(params) != 2 * L + 2 * n_norm:
+            raise ValueError(f"params: {L} layers with normalization {list(normalization)} need "
+                             f"{2 * L + 2 * n_norm} arrays ([W0, b0, ..., W{L - 1}, b{L - 1}] and "
+                             f"gamma, beta per normalized layer), got {len(params)}")
+        norm_eps = _real(norm_eps, "norm_eps", 0.0, math.inf, True)
+        norm_momentum = _real(norm_momentum, "norm_momentum", 0.0, 1.0)
+        clip_grad_norm = _real(0.0 if clip_grad_norm is None else clip_grad_norm,
+                               "clip_grad_norm", 0.0)
         # the hyperparameters' ranges (see the optimizers' bindings)
         momentum, beta1, beta2 = _momentum(momentum), _decay_rate(beta1, "beta1"), \
             _decay_rate(beta2, "beta2")
@@ -280,6 +333,34 @@ cdef class TrainStep:
             n_prev = n_out
             _output(W, f"params[{2 * l}]", (n_in, n_out))
             _output(b, f"params[{2 * l + 1}]", (n_out,))
+        cdef int j = 2 * L
+        norm_slots, n_batch = [], 0    # per hidden layer: index of its gamma in params, or -1
+        for l in range(L - 1):
+            if normalization[l] is None:
+                norm_slots.append(-1)
+                continue
+            n_out = params[2 * l].shape[1]
+            _output(params[j], f"params[{j}]", (n_out,), f"layer {l}'s gamma")
+            _output(params[j + 1], f"params[{j + 1}]", (n_out,), f"layer {l}'s beta")
+            norm_slots.append(j)
+            n_batch += normalization[l] == "batch"
+            j += 2
+        if running_stats is None:
+            running_stats = [np.zeros(params[2 * l].shape[1], np.float32) if k == 0 else
+                             np.ones(params[2 * l].shape[1], np.float32)
+                             for l in range(L - 1) if normalization[l] == "batch" for k in (0, 1)]
+        else:
+            running_stats = list(running_stats)
+            if len(running_stats) != 2 * n_batch:
+                raise ValueError(f"running_stats: need a mean and a variance per batch-normalized "
+                                 f"layer ({2 * n_batch} arrays), got {len(running_stats)}")
+            j = 0
+            for l in range(L - 1):
+                if normalization[l] == "batch":
+                    for k in range(2):
+                        _output(running_stats[j], f"running_stats[{j}]",
+                                (params[2 * l].shape[1],), f"layer {l}'s outputs")
+                        j += 1
         flat = flat_buffer(params)
         if flat is None:
             raise ValueError("params must be views of one flat float32 buffer laid out [W0, W1, "
@@ -288,8 +369,17 @@ cdef class TrainStep:
                             momentum=momentum, nesterov=bool(nesterov), beta1=beta1, beta2=beta2,
                             rho=rho, eps=eps, weight_decay=weight_decay, alpha=alpha,
                             dropout=dropout, seed=int(seed),
-                            per_output_grad=bool(per_output_grad), nonfinite=nonfinite)
+                            per_output_grad=bool(per_output_grad), nonfinite=nonfinite,
+                            normalization=normalization, norm_eps=norm_eps,
+                            norm_momentum=norm_momentum, running_stats=running_stats,
+                            norm_decay=bool(norm_decay), clip_grad_norm=clip_grad_norm,
+                            measure_grad_norm=bool(measure_grad_norm))
         self.params, self.activations, self.dropout = params, activations, dropout
+        self.normalization, self.running_stats = normalization, running_stats
+        self.norm_eps, self.norm_momentum = norm_eps, norm_momentum
+        self.norm_decay, self.clip = bool(norm_decay), clip_grad_norm
+        self.measure_norm = bool(measure_grad_norm) or clip_grad_norm > 0
+        self.grad_norm = NAN
         self.loss, self.optimizer, self.max_batch = loss, optimizer, max_batch
         self.loss_kernel = _LOSS_KERNELS[LOSSES.index(loss)]
         self.update_kernel = _UPDATE_KERNELS[OPTIMIZERS.index(optimizer)]
@@ -309,6 +399,7 @@ cdef class TrainStep:
         self.flat_params = flat
         self.n_params = flat.size
         self.n_weights = sum(params[2 * l].size for l in range(L))
+        self.n_layer_params = self.n_weights + sum(params[2 * l + 1].size for l in range(L))
         self.grads = flat_params([np.zeros(p.shape, np.float32) for p in params])
         self.flat_grads = self.grads[0].base
         n_state = 2 if optimizer == "adam" else (0 if optimizer == "sgd" and momentum == 0 else 1)
@@ -322,7 +413,7 @@ cdef class TrainStep:
         if self.layers == NULL:
             raise MemoryError()
         self.n_layers = L
-        self._buffers = []
+        self._buffers, self._outputs = [], []
         cdef _Layer *ly
         for l in range(L):
             ly = &self.layers[l]
@@ -331,9 +422,27 @@ cdef class TrainStep:
             ly.W, ly.b = _data(params[2 * l]), _data(params[2 * l + 1])
             ly.dW, ly.db = _data(self.grads[2 * l]), _data(self.grads[2 * l + 1])
             ly.Y = self._buffer(max_batch * ly.n_out)
+            self._outputs.append(
+                self._buffers[len(self._buffers) - 1].reshape(max_batch, ly.n_out))
             ly.A = ly.Y
             ly.D = self._buffer(max_batch * ly.n_out)
-            ly.Z = self._buffer(max_batch * ly.n_out) if ly.act == FM_ACT_GELU else NULL
+            ly.norm = _NORM_NONE
+            ly.Z = NULL
+            if l < L - 1 and normalization[l] is not None:
+                # note m: H (the GEMM's output), the statistics, gamma and beta in the buffers
+                j = norm_slots[l]
+                ly.norm = _NORM_LAYER if normalization[l] == "layer" else _NORM_BATCH
+                ly.H = self._buffer(max_batch * ly.n_out)
+                ly.gamma, ly.beta = _data(params[j]), _data(params[j + 1])
+                ly.dgamma, ly.dbeta = _data(self.grads[j]), _data(self.grads[j + 1])
+                n_stat = max_batch if ly.norm == _NORM_LAYER else ly.n_out
+                ly.mean, ly.rstd = self._buffer(n_stat), self._buffer(n_stat)
+                ly.run_mean = ly.run_var = NULL
+                if ly.norm == _NORM_BATCH:
+                    k = 2 * sum(normalization[i] == "batch" for i in range(l))
+                    ly.run_mean, ly.run_var = _data(running_stats[k]), _data(running_stats[k + 1])
+            elif ly.act == FM_ACT_GELU:
+                ly.Z = self._buffer(max_batch * ly.n_out)
             if l < L - 1 and dropout[l] > 0:
                 ly.mask = self._buffer(max_batch * ly.n_out)
                 ly.A = self._buffer(max_batch * ly.n_out)
@@ -518,30 +627,39 @@ cdef class TrainStep:
         cdef ptrdiff_t M = self.M
         cdef _Layer *ly
         cdef const float *inp = self.X
+        cdef float *out
         cdef fm_epilogue ep
         cdef double sq = 0
         self.phase = _PHASE_NONE
-        # hidden layers fuse bias + activation in the GEMM epilogue; gelu keeps Z
+        # hidden layers fuse bias + activation in the GEMM epilogue; gelu keeps Z; a
+        # normalized layer's GEMM writes H and its norm kernel applies the activation (note m)
         for l in range(L):
             ly = &self.layers[l]
             ep.bias = ly.b; ep.act = ly.act; ep.grad_act = FM_ACT_IDENTITY; ep.slope = 0.01
             ep.y = NULL; ep.ldy = ly.n_out; ep.z = NULL; ep.ldz = ly.n_out
-            if ly.Z != NULL:
+            if ly.Z != NULL or ly.norm != _NORM_NONE:
                 ep.act = FM_ACT_IDENTITY
+            out = ly.Z if ly.Z != NULL else (ly.H if ly.norm != _NORM_NONE else ly.Y)
             if l == 0 and self.sp_indptr != NULL:
                 status = fm_sparse_matmul(M, ly.n_out, ly.n_in, self.sp_indptr, self.sp_indices,
-                                          self.sp_data, self.rows, ly.W, ly.n_out,
-                                          ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, nt)
+                                          self.sp_data, self.rows, ly.W, ly.n_out, out,
+                                          ly.n_out, &ep, nt)
                 if status != FM_OK:
                     return _STATUS_BAD_SPARSE
             else:
                 status = fm_matmul(0, 0, M, ly.n_out, ly.n_in, 1.0, inp, ly.n_in, ly.W, ly.n_out,
-                                   0.0, ly.Z if ly.Z != NULL else ly.Y, ly.n_out, &ep, self.work,
-                                   self.work_floats, nt)
+                                   0.0, out, ly.n_out, &ep, self.work, self.work_floats, nt)
             if status != FM_OK:
                 return status
             if ly.Z != NULL:
                 fm_bias_activation(M, ly.n_out, ly.Z, NULL, ly.act, 0.01, ly.Y, nt)
+            elif ly.norm == _NORM_LAYER:
+                fm_layernorm_forward(M, ly.n_out, ly.H, ly.gamma, ly.beta, self.norm_eps, ly.act,
+                                     0.01, ly.Y, ly.mean, ly.rstd, nt)
+            elif ly.norm == _NORM_BATCH:
+                fm_batchnorm_forward(M, ly.n_out, ly.H, ly.gamma, ly.beta, self.norm_eps, 1,
+                                     self.norm_momentum, ly.run_mean, ly.run_var, ly.act, 0.01,
+                                     ly.Y, ly.mean, ly.rstd, nt)
             if ly.mask != NULL:
                 _dropout_forward(M * ly.n_out, ly.Y, ly.mask, ly.A, ly.keep, ly.scale,
                                  _dropout_key(self.seed, <uint64_t>self.t, <uint64_t>l))
@@ -599,9 +717,11 @@ cdef class TrainStep:
                 return status
             fm_bias_grad(M, ly.n_out, ly.D, ly.db, nt)
             if l > 0:
-                # dZ_prev = (D W^T) * act'(.), fused; then dropout's mask
+                # dZ_prev = (D W^T) * act'(.), fused; then dropout's mask. A normalized layer:
+                # dY = D W^T, the mask, then the norm's backward (act' inside) to dH (note m)
                 prev = &self.layers[l - 1]
-                ep.bias = NULL; ep.act = FM_ACT_IDENTITY; ep.grad_act = prev.act; ep.slope = 0.01
+                ep.bias = NULL; ep.act = FM_ACT_IDENTITY; ep.slope = 0.01
+                ep.grad_act = prev.act if prev.norm == _NORM_NONE else FM_ACT_IDENTITY
                 ep.y = prev.Y; ep.ldy = prev.n_out; ep.z = prev.Z; ep.ldz = prev.n_out
                 status = fm_matmul(0, 1, M, prev.n_out, ly.n_out, 1.0, ly.D, ly.n_out, ly.W,
                                    ly.n_out, 0.0, prev.D, prev.n_out, &ep, self.work,
@@ -610,6 +730,14 @@ cdef class TrainStep:
                     return status
                 if prev.mask != NULL:
                     _mul_inplace(M * prev.n_out, prev.D, prev.mask)
+                if prev.norm == _NORM_LAYER:
+                    fm_layernorm_backward(M, prev.n_out, prev.D, prev.Y, prev.H, prev.gamma,
+                                          prev.beta, prev.mean, prev.rstd, prev.act, 0.01,
+                                          prev.D, prev.dgamma, prev.dbeta, nt)
+                elif prev.norm == _NORM_BATCH:
+                    fm_batchnorm_backward(M, prev.n_out, prev.D, prev.Y, prev.H, prev.gamma,
+                                          prev.beta, prev.mean, prev.rstd, prev.act, 0.01,
+                                          prev.D, prev.dgamma, prev.dbeta, nt)
         self.phase = _PHASE_BACKWARD
         return FM_OK
 
@@ -620,17 +748,31 @@ cdef class TrainStep:
         if self.phase != _PHASE_BACKWARD:
             return FM_EINVAL
         self.t += 1
-        if self.l2 == 0:
-            self._update_range(0, self.n_params, lr, 0.0, nt)
+        if self.measure_norm:       # note n
+            self.grad_norm = fm_clip_grad_norm(self.n_params, self.g_flat, self.clip, nt)
+        cdef ptrdiff_t nw = self.n_weights, nl = self.n_layer_params, n = self.n_params
+        cdef double wd = self.weight_decay
+        if self.norm_decay and nl < n:
+            # gamma, beta as weights: L2 and decay (note m); the biases keep AdamW's decay
+            self._update_range(0, nw, lr, self.l2, wd, nt)
+            self._update_range(nw, nl, lr, 0.0, wd, nt)
+            self._update_range(nl, n, lr, self.l2, wd, nt)
+        elif self.l2 == 0 and (wd == 0 or nl == n):
+            self._update_range(0, nl, lr, 0.0, wd, nt)
+            self._update_range(nl, n, lr, 0.0, 0.0, nt)
         else:
-            self._update_range(0, self.n_weights, lr, self.l2, nt)
-            self._update_range(self.n_weights, self.n_params, lr, 0.0, nt)
+            self._update_range(0, nw, lr, self.l2, wd, nt)
+            self._update_range(nw, nl, lr, 0.0, wd, nt)
+            self._update_range(nl, n, lr, 0.0, 0.0, nt)
         self.phase = _PHASE_NONE
         return FM_OK
 
-    cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2,
+    cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2, double wd,
                             int nt) noexcept nogil:
-        """The optimizer over elements [lo, hi) of the flat buffers."""
+        """The optimizer over elements [lo, hi) of the flat buffers (nothing if empty), with
+        L2 coefficient l2 and AdamW decay wd."""
+        if hi <= lo:
+            return
         cdef float *s1 = self.s1_flat + lo if self.s1_flat != NULL else NULL
         cdef float *s2 = self.s2_flat + lo if self.s2_flat != NULL else NULL
         if self.update_kernel == FM_K_SGD_UPDATE:
@@ -641,7 +783,7 @@ cdef class TrainStep:
                               self.eps, l2, nt)
         else:
             fm_adam_update(hi - lo, self.p_flat + lo, self.g_flat + lo, s1, s2, self.t, lr,
-                           self.beta1, self.beta2, self.eps, l2, self.weight_decay, nt)
+                           self.beta1, self.beta2, self.eps, l2, wd, nt)
 
     # ---- the phases from Python -----------------------------------------------------------------
 
@@ -743,6 +885,9 @@ cdef class TrainStep:
         if any(p > 0 for p in self.dropout):
             raise ValueError("loss_and_grad needs a network without dropout (a full-batch "
                              "solver needs a deterministic loss)")
+        if "batch" in self.normalization:
+            raise ValueError("loss_and_grad needs a network without batch normalization (its "
+                             "statistics would depend on how the data are cut into chunks)")
         cdef _Input all_rows
         self._validate(X, y, sample_weight, None, &all_rows, True)
         if out is None:
@@ -819,6 +964,30 @@ cdef class TrainStep:
             for i in range(self.n_weights):
                 acc[i] += self.alpha * self.p_flat[i] / total_w
         return FM_OK
+
+
+    def layer_outputs(self):
+        """The hidden layers' outputs Y (after the activation, before dropout) of the last
+        forward's batch: views (M, n_out) into the step's buffers, valid until the next forward
+        (what diagnostics read: no second forward pass)."""
+        return [y[:self.M] for y in self._outputs[:self.n_layers - 1]]
+
+
+def _normalization(normalization, Py_ssize_t n_hidden):
+    """normalization as a tuple of None / "layer" / "batch", one per hidden layer."""
+    if normalization is None or isinstance(normalization, str):
+        normalization = [normalization] * n_hidden
+    elif isinstance(normalization, bytes) or not hasattr(normalization, "__len__"):
+        raise TypeError(f"normalization must be None, 'layer', 'batch' or a list of them, got "
+                        f"{type(normalization).__name__}")
+    normalization = tuple(normalization)
+    if len(normalization) != n_hidden:
+        raise ValueError(f"normalization: need one entry per hidden layer ({n_hidden}), got "
+                         f"{len(normalization)}")
+    for k in normalization:
+        if k not in (None, "layer", "batch"):
+            raise ValueError(f"normalization entries must be None, 'layer' or 'batch', got {k!r}")
+    return normalization
 
 
 def _rebuild_train_step(args, config, t, state):

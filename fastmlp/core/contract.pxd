@@ -129,6 +129,23 @@ cdef extern from "fastmlp.h" nogil:
                         double lr, double b1, double b2, double eps, double l2, double wd,
                         int nthreads)
 
+    void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                              const float *beta, double eps, int act, float slope, float *Y,
+                              float *mean, float *rstd, int nthreads)
+    void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                               const float *H, const float *gamma, const float *beta,
+                               const float *mean, const float *rstd, int act, float slope,
+                               float *dH, float *dgamma, float *dbeta, int nthreads)
+    void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                              const float *beta, double eps, int training, double momentum,
+                              float *running_mean, float *running_var, int act, float slope,
+                              float *Y, float *mean, float *rstd, int nthreads)
+    void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                               const float *H, const float *gamma, const float *beta,
+                               const float *mean, const float *rstd, int act, float slope,
+                               float *dH, float *dgamma, float *dbeta, int nthreads)
+    double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
+
     # dispatch
     int fm_cpu_supports(int isa)
     int fm_set_isa(int isa)

@@ -4,7 +4,9 @@ own state through write_model and reads it back from the ModelFile that read_mod
 fastmlp.load dispatches on the kind.
 
 Tensors: ``coefs.{i}`` (n_i, n_{i+1}) and ``intercepts.{i}`` (n_{i+1},), float32 (the format:
-fastmlp.io.safetensors). ``__metadata__["fastmlp"]`` is a JSON document: format_version,
+fastmlp.io.safetensors), and for a normalized hidden layer i ``norm.{i}.gamma`` and
+``norm.{i}.beta`` (n_{i+1},), with ``norm.{i}.running_mean`` / ``norm.{i}.running_var`` for a
+BatchNorm (the document's "normalization" list says which; files without it have none). ``__metadata__["fastmlp"]`` is a JSON document: format_version,
 fastmlp_version, trained_with (ISA, threads, CPU model and OpenMP runtime of the process that
 saved it), kind, layer_sizes, activations (hidden layers), out_activation, and what the kind
 adds (the MLP: init / dropout / seed; the estimators: hyperparameters, fitted attributes and, for
@@ -25,7 +27,7 @@ from .safetensors import (ModelFileError, expect, fail, is_int, json_loads, read
                           write_file)
 
 __all__ = ["FORMAT_VERSION", "MAX_BYTES", "ModelFile", "ModelFileError", "json_value",
-           "read_model", "write_model"]
+           "normalization_fields", "read_model", "write_model"]
 
 FORMAT_VERSION = 1
 MAX_BYTES = 2 << 30          # default size cap of a model file (2 GiB)
@@ -46,9 +48,15 @@ def json_value(v):
     raise TypeError(type(v).__name__)
 
 
-def write_model(path, kind, coefs, intercepts, activations, out_activation, extra):
+NORM_TENSORS = {"layer": ("gamma", "beta"),
+                "batch": ("gamma", "beta", "running_mean", "running_var")}
+
+
+def write_model(path, kind, coefs, intercepts, activations, out_activation, extra,
+                norm_tensors=None):
     """Write a dense MLP of the given kind: its weights, its layers, and the kind's own metadata
-    (extra: a dict of JSON data)."""
+    (extra: a dict of JSON data; with norm_tensors, the norm.* tensors, it carries
+    "normalization", "norm_eps" and "norm_momentum")."""
     machine = info()
     sizes = [c.shape[0] for c in coefs] + [coefs[-1].shape[1]]
     # Where the model came from, for reports; informational, not checked on load.
@@ -60,6 +68,8 @@ def write_model(path, kind, coefs, intercepts, activations, out_activation, extr
     tensors.update({f"intercepts.{i}": b for i, b in enumerate(intercepts)})
     # interleaved, as the files have always been written: coefs.0, intercepts.0, coefs.1, ...
     order = [name for i in range(len(coefs)) for name in (f"coefs.{i}", f"intercepts.{i}")]
+    tensors.update(norm_tensors or {})
+    order += sorted(norm_tensors or {})
     write_file(path, {name: tensors[name] for name in order},
                {"fastmlp": json.dumps(doc, allow_nan=True)})
 
@@ -110,6 +120,14 @@ def read_model(path, kinds, *, max_bytes=MAX_BYTES):
     L = len(sizes) - 1
     shapes = {f"coefs.{i}": [sizes[i], sizes[i + 1]] for i in range(L)}
     shapes.update({f"intercepts.{i}": [sizes[i + 1]] for i in range(L)})
+    norms = doc.get("normalization", [None] * (L - 1))     # files before it: none
+    expect(path, isinstance(norms, list) and len(norms) == L - 1
+           and all(k is None or k in NORM_TENSORS for k in norms),
+           f"normalization must be a list of {L - 1} entries None, 'layer' or 'batch', got "
+           f"{short(norms)}")
+    for i, k in enumerate(norms):
+        for what in NORM_TENSORS.get(k, ()):
+            shapes[f"norm.{i}.{what}"] = [sizes[i + 1]]
     expect(path, set(arrays) == set(shapes),
            f"tensors {sorted(arrays)} do not match layer_sizes {sizes}")
     for name, shape in shapes.items():
@@ -117,5 +135,21 @@ def read_model(path, kinds, *, max_bytes=MAX_BYTES):
                f"tensor {name!r} has shape {list(arrays[name].shape)}, layer_sizes {sizes} "
                f"need {shape}")
         expect(path, np.isfinite(arrays[name]).all(), f"tensor {name!r} has non-finite values")
-    return ModelFile(path, doc, [arrays[f"coefs.{i}"] for i in range(L)],
-                     [arrays[f"intercepts.{i}"] for i in range(L)])
+    f = ModelFile(path, doc, [arrays[f"coefs.{i}"] for i in range(L)],
+                  [arrays[f"intercepts.{i}"] for i in range(L)])
+    f.norms = {name: a for name, a in arrays.items() if name.startswith("norm.")}
+    for name, a in f.norms.items():
+        if name.endswith("running_var"):
+            f.expect(bool((a >= 0).all()), f"tensor {name!r} has negative variances")
+    return f
+
+
+def normalization_fields(f):
+    """(normalization, norm_eps, norm_momentum) of a ModelFile (defaults for older files)."""
+    norms = f.doc.get("normalization", [None] * (len(f.layer_sizes) - 2))
+    eps, mom = f.doc.get("norm_eps", 1e-5), f.doc.get("norm_momentum", 0.1)
+    f.expect(isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < 1e300,
+             f"bad norm_eps {short(eps)}")
+    f.expect(isinstance(mom, (int, float)) and not isinstance(mom, bool) and 0 <= mom <= 1,
+             f"bad norm_momentum {short(mom)}")
+    return norms, float(eps), float(mom)

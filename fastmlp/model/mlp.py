@@ -16,14 +16,49 @@ the gradients: a custom loop can reduce or step all of them at once.
 import numpy as np
 
 from .. import io
-from ..core import (ACTIVATIONS, TrainStep, activation_backward, bias_activation, bias_grad,
-                    dropout_mask, flat_buffer, flat_params, is_sparse, matmul, sparse_matmul,
-                    sparse_matmul_tn)
+from ..core import (ACTIVATIONS, TrainStep, activation_backward, batchnorm_backward,
+                    batchnorm_forward, bias_activation, bias_grad, dropout_mask, flat_buffer,
+                    flat_params, is_sparse, layernorm_backward, layernorm_forward, matmul,
+                    sparse_matmul, sparse_matmul_tn)
 
 __all__ = ["MLP", "init_params"]
 
 RELU_FAMILY = ("relu", "leaky_relu", "gelu")
 INITS = ("auto", "he", "glorot", "sklearn")
+NORMALIZATIONS = (None, "layer", "batch")
+
+
+def normalization_list(normalization, n_hidden, what="normalization"):
+    """normalization (None, "layer", "batch", or one of them per hidden layer) as a list."""
+    norms = [normalization] * n_hidden if normalization is None or isinstance(normalization, str) \
+        else _sequence(normalization, what)
+    if len(norms) != n_hidden:
+        raise ValueError(f"{what}: need one entry per hidden layer ({n_hidden}), got "
+                         f"{len(norms)}")
+    for k in norms:
+        if k not in NORMALIZATIONS:
+            raise ValueError(f"{what} entries must be None, 'layer' or 'batch', got {k!r}")
+    return norms
+
+
+def norm_params(layer_sizes, normalization):
+    """[gamma, beta, ...] float32 (ones, zeros) of each normalized hidden layer, in order."""
+    out = []
+    for l, k in enumerate(normalization):
+        if k is not None:
+            out += [np.ones(layer_sizes[l + 1], np.float32),
+                    np.zeros(layer_sizes[l + 1], np.float32)]
+    return out
+
+
+def running_stats(layer_sizes, normalization):
+    """[mean, var, ...] float32 (zeros, ones) of each batch-normalized hidden layer."""
+    out = []
+    for l, k in enumerate(normalization):
+        if k == "batch":
+            out += [np.zeros(layer_sizes[l + 1], np.float32),
+                    np.ones(layer_sizes[l + 1], np.float32)]
+    return out
 
 
 def init_params(layer_sizes, activations, init, rng):
@@ -103,15 +138,24 @@ class MLP:
         "glorot" or "sklearn" (see init_params).
     dropout: rate (every hidden layer) or one per hidden layer, in [0, 1); applied to hidden
         outputs in forward(training=True), inverted (kept units scaled by 1 / (1 - p)).
+    normalization: None, "layer" (LayerNorm over each row's features) or "batch" (BatchNorm
+        over the batch), for every hidden layer or one per hidden layer: Linear -> norm ->
+        activation -> dropout. norm_eps: their eps; norm_momentum: BatchNorm's running
+        statistics, PyTorch's convention (running = (1 - m) running + m batch, unbiased var).
+        forward(training=True) normalizes a BatchNorm layer with the batch's statistics and
+        moves the running ones; training=False uses the running ones.
     random_state: int seed or None; seeds the initial weights and the dropout masks.
 
-    Attributes: params [W0, b0, ...] float32 with W_l (n_l, n_{l+1}), views of one flat buffer
-    (fastmlp.core.flat_params); grads, the same in a buffer of their own, written by backward;
+    Attributes: params [W0, b0, ..., W_{L-1}, b_{L-1}, gamma, beta, ...] float32 with
+    W_l (n_l, n_{l+1}) and gamma / beta (n_{l+1},) of each normalized layer (ones and zeros at
+    first), views of one flat buffer (fastmlp.core.flat_params); grads, the same in a buffer of
+    their own, written by backward; running_stats [mean, var, ...] of each BatchNorm layer;
     activations (per hidden layer); t (training forwards done: dropout's step counter).
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", *,
-                 init="auto", dropout=0.0, random_state=None):
+                 init="auto", dropout=0.0, normalization=None, norm_eps=1e-5,
+                 norm_momentum=0.1, random_state=None):
         sizes = _sequence(layer_sizes, "layer_sizes")
         if len(sizes) < 2 or not all(_is_int(n) and 1 <= n <= 1 << 31 for n in sizes):
             raise ValueError(f"layer_sizes needs at least two sizes, integers in [1, 2**31], "
@@ -129,6 +173,11 @@ class MLP:
             else [_rate(p, "dropout") for p in _sequence(dropout, "dropout")]
         if len(drop) != n_hidden:
             raise ValueError(f"dropout: need rates in [0, 1), one per hidden layer, got {dropout}")
+        norms = normalization_list(normalization, n_hidden)
+        if not (isinstance(norm_eps, (int, float)) and 0 < norm_eps < np.inf):
+            raise ValueError(f"norm_eps must be a finite number > 0, got {norm_eps!r}")
+        if not (isinstance(norm_momentum, (int, float)) and 0 <= norm_momentum <= 1):
+            raise ValueError(f"norm_momentum must be in [0, 1], got {norm_momentum!r}")
         if not (random_state is None or (_is_int(random_state) and random_state >= 0)):
             raise ValueError(f"random_state must be None or an integer >= 0, got {random_state!r}")
         seed = np.random.SeedSequence(random_state).generate_state(2, np.uint64)
@@ -138,9 +187,13 @@ class MLP:
                               "memory")
         self.layer_sizes, self.activations = sizes, acts
         self.output_activation, self.init, self.dropout = output_activation, init, drop
+        self.normalization, self.norm_eps = norms, float(norm_eps)
+        self.norm_momentum = float(norm_momentum)
         self.seed = int(seed[1])     # dropout's key
         self.params = flat_params(init_params(sizes, acts + [output_activation], init,
-                                              np.random.default_rng(int(seed[0]))))
+                                              np.random.default_rng(int(seed[0])))
+                                  + norm_params(sizes, norms))
+        self.running_stats = running_stats(sizes, norms)
         self.grads = flat_params([np.zeros_like(p) for p in self.params])
         self.t = 0
         self._cache = None
@@ -152,6 +205,26 @@ class MLP:
     def _act(self, l):
         return self.activations[l] if l < self.n_layers - 1 else self.output_activation
 
+    def _norm_slots(self, l):
+        """(index of hidden layer l's gamma in params, index of its running mean in
+        running_stats or None), or None when layer l is not normalized."""
+        if l >= self.n_layers - 1 or self.normalization[l] is None:
+            return None
+        j = 2 * self.n_layers + 2 * sum(k is not None for k in self.normalization[:l])
+        r = 2 * sum(k == "batch" for k in self.normalization[:l])
+        return j, (r if self.normalization[l] == "batch" else None)
+
+    def _norm_forward(self, l, h, training):
+        """Hidden layer l's norm and activation of its linear output h -> (y, mean, rstd)."""
+        j, r = self._norm_slots(l)
+        gamma, beta, act = self.params[j], self.params[j + 1], self.activations[l]
+        if self.normalization[l] == "layer":
+            return layernorm_forward(h, gamma, beta, eps=self.norm_eps, activation=act)
+        return batchnorm_forward(h, gamma, beta, eps=self.norm_eps, training=training,
+                                 momentum=self.norm_momentum,
+                                 running_mean=self.running_stats[r],
+                                 running_var=self.running_stats[r + 1], activation=act)
+
     def forward(self, X, training=False):
         """X float32 (M, n_0), or a SciPy sparse matrix (CSR / CSC: the first layer runs
         fastmlp.core.sparse_matmul on it) -> output (M, n_L). training=True applies dropout and
@@ -162,7 +235,11 @@ class MLP:
         for l in range(self.n_layers):
             W, b, act = self.params[2 * l], self.params[2 * l + 1], self._act(l)
             product = sparse_matmul if l == 0 and is_sparse(a) else matmul
-            if act == "gelu" and training:
+            if self._norm_slots(l) is not None:
+                h = product(a, W, bias=b)
+                y, mean, rstd = self._norm_forward(l, h, training)
+                z = (h, mean, rstd)          # what the norm's backward needs
+            elif act == "gelu" and training:
                 z = product(a, W, bias=b)
                 y = bias_activation(z, None, "gelu")
             else:
@@ -204,10 +281,21 @@ class MLP:
             if l == 0:
                 return None if is_sparse(a_prev) else matmul(d, W, trans_b=True)
             act = self.activations[l - 1]
-            grad_act = None if act == "identity" else act
-            d = matmul(d, W, trans_b=True, grad_activation=grad_act, y=y_prev, z=z_prev)
+            slots = self._norm_slots(l - 1)
+            grad_act = None if act == "identity" or slots is not None else act
+            d = matmul(d, W, trans_b=True, grad_activation=grad_act,
+                       y=y_prev if grad_act else None, z=z_prev if grad_act else None)
             if mask_prev is not None:
                 d *= mask_prev
+            if slots is not None:
+                j, _ = slots
+                h, mean, rstd = z_prev
+                back = layernorm_backward if self.normalization[l - 1] == "layer" \
+                    else batchnorm_backward
+                d, dgamma, dbeta = back(d, h, self.params[j], self.params[j + 1], mean, rstd,
+                                        activation=act, y=y_prev)
+                self.grads[j][...] = dgamma
+                self.grads[j + 1][...] = dbeta
 
     def predict(self, X):
         """forward(X) in inference mode (no dropout); a dense X is converted to float32."""
@@ -226,7 +314,9 @@ class MLP:
             # entries of params were replaced: gather them into one buffer again (same values)
             self.params = flat_params(self.params)
         return TrainStep(self.params, self.activations, loss, max_batch, optimizer=optimizer,
-                         dropout=self.dropout, seed=self.seed, **hyper)
+                         dropout=self.dropout, seed=self.seed, normalization=self.normalization,
+                         norm_eps=self.norm_eps, norm_momentum=self.norm_momentum,
+                         running_stats=self.running_stats, **hyper)
 
     def loss_and_grad(self, X, y, loss, *, sample_weight=None, alpha=0.0, chunk=4096):
         """The full-batch loss over all of X and its gradient, for full-batch solvers.
@@ -249,15 +339,45 @@ class MLP:
         cached = getattr(self, "_full_batch", None)
         if cached is None or cached[0] != key:
             step = TrainStep(self.params, self.activations, loss, rows, optimizer="sgd",
-                             momentum=0.0, alpha=alpha)
+                             momentum=0.0, alpha=alpha, normalization=self.normalization,
+                             norm_eps=self.norm_eps, running_stats=self.running_stats)
             self._full_batch = cached = (key, step)
         return cached[1].loss_and_grad(X, y, sample_weight)
 
+    def norm_tensors(self):
+        """The normalization state as model-file tensors: norm.{l}.gamma / beta of each
+        normalized hidden layer l, and norm.{l}.running_mean / running_var of a BatchNorm."""
+        out = {}
+        for l in range(self.n_layers - 1):
+            slots = self._norm_slots(l)
+            if slots is None:
+                continue
+            j, r = slots
+            out[f"norm.{l}.gamma"], out[f"norm.{l}.beta"] = self.params[j], self.params[j + 1]
+            if r is not None:
+                out[f"norm.{l}.running_mean"] = self.running_stats[r]
+                out[f"norm.{l}.running_var"] = self.running_stats[r + 1]
+        return out
+
+    def load_norm_tensors(self, tensors):
+        """Set the normalization state from norm_tensors()'s dict (shapes already checked)."""
+        for name, value in tensors.items():
+            _, l, what = name.split(".")
+            j, r = self._norm_slots(int(l))
+            if what in ("gamma", "beta"):
+                self.params[j + (what == "beta")][...] = value
+            else:
+                self.running_stats[r + (what == "running_var")][...] = value
+
     def save(self, path):
         """Write the model to a .safetensors file (fastmlp.load reads it back)."""
-        io.write_model(path, "MLP", self.params[0::2], self.params[1::2], self.activations,
+        io.write_model(path, "MLP", self.params[0:2 * self.n_layers:2],
+                       self.params[1:2 * self.n_layers:2], self.activations,
                        self.output_activation,
-                       dict(init=self.init, dropout=self.dropout, seed=str(self.seed)))
+                       dict(init=self.init, dropout=self.dropout, seed=str(self.seed),
+                            normalization=self.normalization, norm_eps=self.norm_eps,
+                            norm_momentum=self.norm_momentum),
+                       norm_tensors=self.norm_tensors())
 
     @classmethod
     def _from_file(cls, f):
@@ -268,7 +388,11 @@ class MLP:
                  f"bad dropout {drop!r}")
         f.expect(isinstance(seed, str) and seed.isdigit(), f"bad seed {seed!r}")
         f.expect(init in INITS, f"bad init {init!r}")
-        model = cls(f.layer_sizes, f.activations, f.out_activation, init=init, dropout=drop)
+        norms, eps, mom = io.normalization_fields(f)
+        model = cls(f.layer_sizes, f.activations, f.out_activation, init=init, dropout=drop,
+                    normalization=norms, norm_eps=eps, norm_momentum=mom)
         model.seed = int(seed)
-        model.params = flat_params([p for pair in zip(f.coefs, f.intercepts) for p in pair])
+        model.params = flat_params([p for pair in zip(f.coefs, f.intercepts) for p in pair]
+                                   + model.params[2 * model.n_layers:])
+        model.load_norm_tensors(f.norms)
         return model
