@@ -127,6 +127,33 @@ def cases():
     add("bias_grad", lambda **k: fastmlp.bias_grad(**k),
         lambda: dict(dz=arr(M, N), out=np.zeros(N, F)),
         dict(dz=arrays_bad((M, N)), out=outputs_bad((N,))))
+    for kind in ("layernorm", "batchnorm"):
+        n_stat = M if kind == "layernorm" else N
+        fwd = dict(h=arrays_bad((M, N)), gamma=arrays_bad((N,)), beta=arrays_bad((N,)),
+                   eps=NUMBERS_BAD + NEGATIVE + [("0", lambda: 0.0)], activation=STR_BAD,
+                   negative_slope=NUMBERS_BAD[:-2], out=outputs_bad((M, N)))
+        if kind == "batchnorm":
+            fwd.update(momentum=NUMBERS_BAD + NEGATIVE + [("2", lambda: 2.0)],
+                       running_mean=outputs_bad((N,)), running_var=outputs_bad((N,)))
+        add(f"{kind}_forward", lambda f=getattr(fastmlp, f"{kind}_forward"), **k: f(**k),
+            (lambda: dict(h=arr(M, N), gamma=arr(N), beta=arr(N), activation="tanh",
+                          running_mean=np.zeros(N, F), running_var=np.ones(N, F)))
+            if kind == "batchnorm" else
+            (lambda: dict(h=arr(M, N), gamma=arr(N), beta=arr(N), activation="tanh")), fwd)
+        add(f"{kind}_backward", lambda f=getattr(fastmlp, f"{kind}_backward"), **k: f(**k),
+            lambda n_stat=n_stat: dict(dy=arr(M, N), h=arr(M, N), gamma=arr(N), beta=arr(N),
+                                       mean=arr(n_stat), rstd=arr(n_stat), activation="relu",
+                                       y=arr(M, N), out=np.zeros((M, N), F)),
+            dict(dy=arrays_bad((M, N)), h=arrays_bad((M, N)), gamma=arrays_bad((N,)),
+                 beta=arrays_bad((N,)), mean=arrays_bad((n_stat,)), rstd=arrays_bad((n_stat,)),
+                 y=arrays_bad((M, N)), activation=STR_BAD, out=outputs_bad((M, N))))
+    add("clip_grad_norm", lambda **k: fastmlp.clip_grad_norm(**k),
+        lambda: dict(grad=arr(9), max_norm=1.0),
+        # max_norm inf is valid (no clipping)
+        # grad may have any shape (a flat buffer or one array)
+        dict(grad=[v for v in outputs_bad((9,)) if v[0] not in ("rank+1", "wrong shape")],
+             max_norm=[v for v in NUMBERS_BAD[:-1] if v[0] not in (
+            "inf", "numpy inf", "1e400")] + NEGATIVE))
     labels_bad = [("str", lambda: "x"), ("list", lambda: [0] * M), ("float", lambda: np.zeros(M)),
                   ("bool", lambda: np.zeros(M, bool)), ("2-D", lambda: np.zeros((M, 1), int)),
                   ("short", lambda: np.zeros(M - 1, int)), ("negative", lambda: -np.ones(M, int)),

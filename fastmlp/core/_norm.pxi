@@ -3,13 +3,15 @@
 # csrc/fastmlp.h, twins in reference.py.
 
 
-cdef tuple _norm_operands(str who, object h, object gamma, object beta, object eps):
-    """(H, gamma, beta, M, N, eps) checked: h float32 (M, N), gamma and beta (N,), eps > 0."""
+cdef tuple _norm_operands(str who, object h, object gamma, object beta, object eps,
+                          bint with_eps=True):
+    """(H, gamma, beta, M, N, eps) checked: h float32 (M, N), gamma and beta (N,), eps > 0
+    (with_eps; else eps is 0)."""
     cdef cnp.ndarray H = _input(h, "h", 2)
     cdef Py_ssize_t M = cnp.PyArray_DIM(H, 0), N = cnp.PyArray_DIM(H, 1)
     cdef cnp.ndarray G = _input_shaped(gamma, "gamma", (N,), "h's columns")
     cdef cnp.ndarray B = _input_shaped(beta, "beta", (N,), "h's columns")
-    cdef double e = _real(eps, "eps", 0.0, math.inf, True) if eps is not None else 0.0
+    cdef double e = _real(eps, "eps", 0.0, math.inf, True) if with_eps else 0.0
     return H, G, B, M, N, e
 
 
@@ -20,7 +22,7 @@ cdef tuple _norm_backward_operands(str who, object dy, object h, object gamma, o
     derivative comes from their output."""
     cdef cnp.ndarray H, G, B
     cdef Py_ssize_t M, N
-    H, G, B, M, N, _ = _norm_operands(who, h, gamma, beta, None)
+    H, G, B, M, N, _ = _norm_operands(who, h, gamma, beta, None, False)
     cdef cnp.ndarray D = _input_shaped(dy, "dy", (M, N), "h")
     cdef Py_ssize_t n_stat = M if per_row else N
     like = "h's rows" if per_row else "h's columns"

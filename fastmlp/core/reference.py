@@ -35,6 +35,11 @@ __all__ = [
     "sgd_update",
     "rmsprop_update",
     "adam_update",
+    "layernorm_forward",
+    "layernorm_backward",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "clip_grad_norm",
 ]
 
 # GELU, tanh approximation (GPT-2 / llm.c): gelu(x) = 0.5 x (1 + tanh(u)), u = C0 (x + C1 x^3).
@@ -450,3 +455,100 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
     lr_t = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     param[...] = param * (1 - lr * weight_decay) - lr_t * m / (np.sqrt(v) + eps)
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Normalization (fused with the activation after it) and gradient clipping
+# --------------------------------------------------------------------------------------------
+
+
+def _normalize(h, axis, eps):
+    """(Hn, mean, rstd) of h along axis, two-pass: mean, then the mean of squared deviations."""
+    mean = h.mean(axis=axis, keepdims=True)
+    var = ((h - mean) ** 2).mean(axis=axis, keepdims=True)
+    rstd = 1 / np.sqrt(var + eps)
+    return (h - mean) * rstd, mean, rstd
+
+
+def layernorm_forward(h, gamma, beta, *, eps=1e-5, activation="identity", negative_slope=0.01,
+                      out=None):
+    """LayerNorm over each row, then the activation: y = act(gamma Hn + beta) with
+    Hn = (h - mean_i) rstd_i, rstd = 1 / sqrt(var + eps), var the biased variance of row i.
+    h: (M, N); gamma, beta: (N,). Returns (y, mean (M,), rstd (M,))."""
+    _check_activation(activation)
+    h = np.asarray(h)
+    hn, mean, rstd = _normalize(h, 1, eps)
+    y = activation_forward(gamma * hn + beta, activation, negative_slope)
+    return _store(y, out), mean.ravel(), rstd.ravel()
+
+
+def _norm_grad(dy, h, gamma, beta, mean, rstd, axis, activation, y, negative_slope):
+    """(g = dy * act'(z), Hn) of a normalization followed by an activation."""
+    _check_activation(activation)
+    shape = (-1, 1) if axis == 1 else (1, -1)
+    hn = (np.asarray(h) - np.reshape(mean, shape)) * np.reshape(rstd, shape)
+    z = gamma * hn + beta
+    if activation not in ("identity", "gelu") and y is None:
+        raise ValueError(f"the backward of {activation!r} needs y (the forward's output)")
+    g = activation_backward(dy, activation, y=y, z=z, negative_slope=negative_slope)
+    return g, hn
+
+
+def layernorm_backward(dy, h, gamma, beta, mean, rstd, *, activation="identity", y=None,
+                       negative_slope=0.01, out=None):
+    """Gradients of layernorm_forward: with g = dy * act'(.) and gh = g gamma,
+    dh = rstd (gh - mean_j(gh) - Hn mean_j(gh Hn)), dgamma = sum_i g Hn, dbeta = sum_i g.
+    Returns (dh, dgamma, dbeta)."""
+    g, hn = _norm_grad(dy, h, gamma, beta, mean, rstd, 1, activation, y, negative_slope)
+    gh = g * gamma
+    dh = (gh - gh.mean(axis=1, keepdims=True)
+          - hn * (gh * hn).mean(axis=1, keepdims=True)) * np.reshape(rstd, (-1, 1))
+    return _store(dh, out), (g * hn).sum(axis=0), g.sum(axis=0)
+
+
+def batchnorm_forward(h, gamma, beta, *, eps=1e-5, training=True, momentum=0.1,
+                      running_mean=None, running_var=None, activation="identity",
+                      negative_slope=0.01, out=None):
+    """BatchNorm over the batch (each column), then the activation: y = act(gamma Hn + beta).
+    training: the batch's mean and biased variance; running_mean / running_var, if given, are
+    updated in place as PyTorch's BatchNorm1d does: running = (1 - momentum) running +
+    momentum batch, with the unbiased variance var M / (M - 1) (biased for M = 1). Otherwise
+    the running statistics normalize. Returns (y, mean (N,), rstd (N,))."""
+    _check_activation(activation)
+    h = np.asarray(h)
+    M = h.shape[0]
+    if training:
+        hn, mean, rstd = _normalize(h, 0, eps)
+        mean, rstd = mean.ravel(), rstd.ravel()
+        if running_mean is not None:
+            var = ((h - mean) ** 2).mean(axis=0)
+            unbiased = var * (M / (M - 1)) if M > 1 else var
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+    else:
+        mean = np.asarray(running_mean).copy()
+        rstd = 1 / np.sqrt(np.asarray(running_var) + eps)
+        hn = (h - mean) * rstd
+    y = activation_forward(gamma * hn + beta, activation, negative_slope)
+    return _store(y, out), mean, rstd
+
+
+def batchnorm_backward(dy, h, gamma, beta, mean, rstd, *, activation="identity", y=None,
+                       negative_slope=0.01, out=None):
+    """Gradients of a training batchnorm_forward: with g = dy * act'(.), dbeta = sum_i g,
+    dgamma = sum_i g Hn, dh = gamma rstd (g - dbeta / M - Hn dgamma / M).
+    Returns (dh, dgamma, dbeta)."""
+    g, hn = _norm_grad(dy, h, gamma, beta, mean, rstd, 0, activation, y, negative_slope)
+    M = g.shape[0]
+    dbeta, dgamma = g.sum(axis=0), (g * hn).sum(axis=0)
+    dh = gamma * np.asarray(rstd) * (g - dbeta / M - hn * dgamma / M)
+    return _store(dh, out), dgamma, dbeta
+
+
+def clip_grad_norm(grad, max_norm):
+    """||grad||_2 (in float64); if max_norm > 0 and the norm is larger, grad *= max_norm /
+    (norm + 1e-6) in place. Returns the norm before clipping."""
+    norm = float(np.sqrt(np.sum(np.asarray(grad, dtype=np.float64) ** 2)))
+    if 0 < max_norm < math.inf and norm > max_norm:
+        grad *= grad.dtype.type(max_norm / (norm + 1e-6))
+    return norm

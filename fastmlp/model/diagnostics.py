@@ -116,10 +116,10 @@ def plot(records, path, title=None, ax_pair=None):
     """Loss curve and per-layer gradient norms over epochs, to path (PNG), or onto ax_pair
     (two matplotlib axes). Needs matplotlib (an ImportError says so)."""
     try:
-        import matplotlib
+        import matplotlib   # optional dependency: imported lazily, on purpose
         if ax_pair is None:
             matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt   # optional dependency: imported lazily, on purpose
     except ImportError as e:
         raise ImportError("plotting diagnostics needs matplotlib: pip install matplotlib") from e
     fig = None
