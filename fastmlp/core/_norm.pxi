@@ -102,9 +102,12 @@ def batchnorm_forward(h, gamma, beta, *, eps=1e-5, training=True, momentum=0.1,
     cdef cnp.ndarray rm = None, rv = None
     if (running_mean is None) != (running_var is None):
         raise ValueError("batchnorm_forward: give both running_mean and running_var, or neither")
-    if running_mean is not None:
+    if running_mean is not None and train:      # updated in place
         rm = _output(running_mean, "running_mean", (N,), "h's columns")
         rv = _output(running_var, "running_var", (N,), "h's columns")
+    elif running_mean is not None:                # only read (may be read-only)
+        rm = _input_shaped(running_mean, "running_mean", (N,), "h's columns")
+        rv = _input_shaped(running_var, "running_var", (N,), "h's columns")
     elif not train:
         raise ValueError("batchnorm_forward: training=False needs running_mean and running_var")
     if train and M < 1:
@@ -112,7 +115,7 @@ def batchnorm_forward(h, gamma, beta, *, eps=1e-5, training=True, momentum=0.1,
     cdef cnp.ndarray O = _output(out, "out", (M, N), "h")
     _no_overlap("batchnorm_forward", O, "out", ((H, "h"), (G, "gamma"), (B, "beta"),
                 (rm, "running_mean"), (rv, "running_var")), same_ok=H)
-    if rm is not None:
+    if rm is not None and train:
         _distinct("batchnorm_forward", ((rm, "running_mean"), (rv, "running_var")),
                   ((H, "h"), (G, "gamma"), (B, "beta")))
     cdef cnp.ndarray mu = np.empty(N, np.float32), r = np.empty(N, np.float32)

@@ -994,6 +994,9 @@ def _rebuild_train_step(args, config, t, state):
     # Unpickled parameters are separate arrays (and may be read-only: joblib memory-maps them):
     # train on a flat copy; the estimators notice it is not their coefs_ and rebuild around
     # their own arrays.
+    config = dict(config)
+    if config.get("running_stats") is not None:      # the same: writable copies
+        config["running_stats"] = [np.array(r, np.float32) for r in config["running_stats"]]
     step = TrainStep(flat_params(args[0]), *args[1:], **config)
     for dst, src in zip(step.state, state):
         dst[...] = src

@@ -56,9 +56,11 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
                       "pip install 'fastmlp[sklearn]' (or pip install scikit-learn)") from e
 
 from .. import io
-from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, flat_buffer, flat_params,
+from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, batchnorm_forward, flat_buffer,
+                    flat_params, layernorm_forward,
                     is_sparse, local_num_threads, matmul, sparse_matmul)
-from ..model import init_params, optim
+from ..model import init_params, norm_params, normalization_list, optim, running_stats
+from ..model.diagnostics import Recorder
 
 __all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError"]
 
@@ -131,6 +133,9 @@ class _BaseMLP(BaseEstimator):
         "rho": [Interval(Real, 0, 1, closed="left")],
         "n_threads": [None, Interval(Integral, 1, MAX_THREADS, closed="both")],
         "callback": [None, callable],
+        "normalization": [None, StrOptions({"layer", "batch"}), "array-like"],
+        "clip_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
+        "diagnostics": ["boolean"],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -139,7 +144,8 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None):
+                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
+                 normalization=None, clip_grad_norm=None, diagnostics=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -168,6 +174,9 @@ class _BaseMLP(BaseEstimator):
         self.rho = rho
         self.n_threads = n_threads
         self.callback = callback
+        self.normalization = normalization
+        self.clip_grad_norm = clip_grad_norm
+        self.diagnostics = diagnostics
 
     # ---- validation ------------------------------------------------------------------------
 
@@ -238,6 +247,12 @@ class _BaseMLP(BaseEstimator):
         if not (rs is None or (is_int(rs) and 0 <= rs < 2**32)
                 or isinstance(rs, np.random.RandomState)):
             bad("random_state", "None, an int in [0, 2**32) or a numpy.random.RandomState")
+        if self.clip_grad_norm is not None and not is_real(self.clip_grad_norm):
+            bad("clip_grad_norm", "None or a finite number > 0")
+        try:
+            self._norms = normalization_list(self.normalization, len(sizes))
+        except (TypeError, ValueError):
+            bad("normalization", "None, 'layer', 'batch' or a list of them, one per hidden layer")
         return [int(s) for s in sizes], acts, [float(p) for p in drop]
 
     def _validate_X(self, X, reset):
@@ -322,18 +337,43 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _check_finite(self, detail=""):
-        if not all(np.isfinite(p).all() for p in self.coefs_ + self.intercepts_):
+        if not all(np.isfinite(p).all() for p in self.coefs_ + self.intercepts_
+                   + getattr(self, "norm_params_", [])):
             raise NonFiniteWeightsError(detail)
+
+    def _params(self):
+        """[W0, b0, ..., gamma, beta, ...]: the fitted parameters as views of one flat buffer
+        (gathered into one again, values kept, if they are not: unpickled, assigned)."""
+        norm = list(getattr(self, "norm_params_", []))
+        params = [p for pair in zip(self.coefs_, self.intercepts_) for p in pair] + norm
+        if flat_buffer(params) is None:
+            params = flat_params(params)
+            L = len(self.coefs_)
+            self.coefs_, self.intercepts_ = params[0:2 * L:2], params[1:2 * L:2]
+            self.norm_params_ = params[2 * L:]
+        return params
+
+    def _norm_options(self):
+        """TrainStep's normalization keywords for this fit."""
+        norms = getattr(self, "_norms", None) or [None] * (len(self.coefs_) - 1)
+        if not hasattr(self, "running_stats_"):
+            self.running_stats_ = running_stats(
+                [c.shape[0] for c in self.coefs_] + [self.n_outputs_], norms)
+        # training moves them in place: unpickled (read-only, memory-mapped) ones are copied
+        self.running_stats_ = [s if s.flags.writeable and s.flags.c_contiguous
+                               and s.dtype == np.float32 else np.array(s, np.float32)
+                               for s in self.running_stats_]
+        return dict(normalization=norms, running_stats=self.running_stats_)
 
     def _fit_lbfgs(self, acts, X, targets, sample_weight):
         """scikit-learn's lbfgs: SciPy's L-BFGS-B on the full-data objective (loss + L2),
         evaluated by TrainStep.loss_and_grad in float32 with float64 sums."""
-        params = [p for pair in zip(self.coefs_, self.intercepts_) for p in pair]
-        if flat_buffer(params) is None:
-            params = flat_params(params)
-            self.coefs_, self.intercepts_ = params[0::2], params[1::2]
-        step = TrainStep(params, acts, self._loss, min(X.shape[0], LBFGS_CHUNK), optimizer="sgd",
-                         momentum=0.0, alpha=self.alpha, per_output_grad=True)
+        if "batch" in self._norms:
+            raise InvalidParameterError("normalization='batch' needs a stochastic solver: "
+                                        "L-BFGS needs a full-data objective (use 'layer')")
+        step = TrainStep(self._params(), acts, self._loss, min(X.shape[0], LBFGS_CHUNK),
+                         optimizer="sgd", momentum=0.0, alpha=self.alpha, per_output_grad=True,
+                         **self._norm_options())
         flat = step.flat_params
         last = {"loss": np.nan}
 
@@ -369,8 +409,13 @@ class _BaseMLP(BaseEstimator):
             flat[...] = result.x
 
     def _initialize(self, layer_units, acts, rng):
-        params = flat_params(init_params(layer_units, acts + ["identity"], "sklearn", rng))
-        self.coefs_, self.intercepts_ = params[0::2], params[1::2]
+        L = len(layer_units) - 1
+        params = flat_params(init_params(layer_units, acts + ["identity"], "sklearn", rng)
+                             + norm_params(layer_units, self._norms))
+        self.coefs_, self.intercepts_ = params[0:2 * L:2], params[1:2 * L:2]
+        self.norm_params_ = params[2 * L:]
+        self.running_stats_ = running_stats(layer_units, self._norms)
+        self.history_ = [] if self.diagnostics else None
         self.n_iter_, self.t_ = 0, 0
         self.n_layers_ = len(layer_units)
         self.n_outputs_ = layer_units[-1]
@@ -385,18 +430,15 @@ class _BaseMLP(BaseEstimator):
         # as scikit-learn: early stopping restores these if no epoch improves on them
         self._best_coefs = [c.copy() for c in self.coefs_]
         self._best_intercepts = [b.copy() for b in self.intercepts_]
+        self._best_norm = [p.copy() for p in self.norm_params_ + self.running_stats_]
         for name in ("_step", "_plateau"):
             self.__dict__.pop(name, None)
 
     def _train_step(self, acts, drop, batch, seed, incremental):
         """The TrainStep over coefs_ / intercepts_: kept by partial_fit (optimizer state
         included), rebuilt by fit (scikit-learn resets the optimizer on every fit)."""
-        # The TrainStep updates these arrays in place, as views of one flat buffer: arrays that
-        # are not (unpickled, assigned by the user) are gathered into one again, values kept.
-        params = [p for pair in zip(self.coefs_, self.intercepts_) for p in pair]
-        if flat_buffer(params) is None:
-            params = flat_params(params)
-            self.coefs_, self.intercepts_ = params[0::2], params[1::2]
+        # The TrainStep updates these arrays in place, as views of one flat buffer (_params)
+        params = self._params()
         old = getattr(self, "_step", None)
         if incremental and old is not None and old.max_batch >= batch and all(
                 a is b for a, b in zip(old.params, params)):
@@ -406,7 +448,9 @@ class _BaseMLP(BaseEstimator):
             momentum=self.momentum, nesterov=self.nesterovs_momentum, beta1=self.beta_1,
             beta2=self.beta_2, rho=self.rho, eps=self.epsilon,
             weight_decay=self.weight_decay if self.solver == "adamw" else 0.0, alpha=self.alpha,
-            dropout=drop, seed=seed, per_output_grad=True, nonfinite="continue")
+            dropout=drop, seed=seed, per_output_grad=True, nonfinite="continue",
+            clip_grad_norm=self.clip_grad_norm or 0.0, measure_grad_norm=self.diagnostics,
+            **self._norm_options())
         if incremental and old is not None and len(old.state) == len(step.state):
             for dst, src in zip(step.state, old.state):
                 dst[...] = src
@@ -457,6 +501,13 @@ class _BaseMLP(BaseEstimator):
         if X_val is not None and self.validation_scores_ is None:
             self.validation_scores_ = []
         self.n_iter_ = 0     # as scikit-learn: epochs of this call (t_ keeps counting)
+        recorder = None
+        if self.diagnostics:
+            recorder = Recorder(step)
+            if getattr(self, "history_", None) is None:
+                self.history_ = []
+            recorder.records = self.history_
+        last_start = (n - 1) // batch * batch
         try:
             for _ in range(1 if incremental else self.max_iter):
                 lr = float(schedule(self.t_))
@@ -467,12 +518,16 @@ class _BaseMLP(BaseEstimator):
                 # as in scikit-learn, early stopping may still restore the best weights
                 for start in range(0, n, batch):
                     idx = order[start:start + batch]
+                    if recorder is not None and start == last_start:
+                        recorder.before_update()
                     total += step.run(X, targets, w, lr=lr, index=idx) * len(idx)
                 seconds = time.perf_counter() - t0
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_ = total / n
                 self.loss_curve_.append(self.loss_)
+                diag = recorder.record(len(self.loss_curve_), self.loss_) \
+                    if recorder is not None else None
                 if not math.isfinite(self.loss_) and not self.early_stopping:
                     # scikit-learn would train on to max_iter and raise this at the end
                     self._check_finite(f" The loss became {self.loss_} at epoch "
@@ -493,7 +548,7 @@ class _BaseMLP(BaseEstimator):
                     stop = schedule.exhausted
                 if self.callback is not None and self.callback(dict(
                         epoch=self.n_iter_, loss=self.loss_, validation_score=score, lr=lr,
-                        samples_per_second=n / seconds, estimator=self)):
+                        samples_per_second=n / seconds, estimator=self, diagnostics=diag)):
                     break
                 if stop:
                     if self.verbose:
@@ -509,8 +564,9 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Training interrupted by user: the model keeps the weights reached "
                           "so far.")
         if self.early_stopping:
-            for p, best in zip(self.coefs_ + self.intercepts_,
-                               self._best_coefs + self._best_intercepts):
+            for p, best in zip(self.coefs_ + self.intercepts_ + self.norm_params_
+                               + self.running_stats_,
+                               self._best_coefs + self._best_intercepts + self._best_norm):
                 p[...] = best
 
     def _update_no_improvement_count(self, score):
@@ -526,6 +582,7 @@ class _BaseMLP(BaseEstimator):
                 self.best_validation_score_ = score
                 self._best_coefs = [c.copy() for c in self.coefs_]
                 self._best_intercepts = [b.copy() for b in self.intercepts_]
+                self._best_norm = [p.copy() for p in self.norm_params_ + self.running_stats_]
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
@@ -538,17 +595,30 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X):
         """X float32 (n, n_features) -> output layer (n, n_outputs) after out_activation_:
-        one fused GEMM + bias + activation per layer."""
+        one fused GEMM + bias + activation per layer (GEMM + bias, then the norm fused with
+        the activation, for a normalized layer; BatchNorm with its running statistics)."""
         acts = [self.activation] * (len(self.coefs_) - 1) if isinstance(self.activation, str) \
             else list(self.activation)
+        norms = normalization_list(self.normalization, len(self.coefs_) - 1)
+        gammas = iter(getattr(self, "norm_params_", [])[0::2])
+        betas = iter(getattr(self, "norm_params_", [])[1::2])
+        stats = iter(getattr(self, "running_stats_", []))
         a = X
         with local_num_threads(self.n_threads):
             for l, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
                 last = l == len(self.coefs_) - 1
                 act = ("logistic" if self.out_activation_ == "logistic" else None) if last \
                     else acts[l]
+                norm = None if last else norms[l]
                 a = (sparse_matmul if l == 0 and is_sparse(a) else matmul)(
-                    a, W, bias=b, activation=act)
+                    a, W, bias=b, activation=None if norm else act)
+                if norm == "layer":
+                    a, _, _ = layernorm_forward(a, next(gammas), next(betas), activation=act,
+                                                out=a)
+                elif norm == "batch":
+                    a, _, _ = batchnorm_forward(a, next(gammas), next(betas), training=False,
+                                                running_mean=next(stats),
+                                                running_var=next(stats), activation=act, out=a)
         if self.out_activation_ == "exp":
             np.exp(a, out=a)
         elif self.out_activation_ == "softmax":
@@ -582,9 +652,16 @@ class _BaseMLP(BaseEstimator):
             except TypeError:
                 pass         # callbacks, RandomState objects, schedule objects: not data
         attrs = {k: io.json_value(getattr(self, k)) for k in self._FILE_ATTRS if hasattr(self, k)}
+        norms = normalization_list(self.normalization, len(self.coefs_) - 1)
+        tensors, gb, rs = {}, iter(getattr(self, "norm_params_", [])), \
+            iter(getattr(self, "running_stats_", []))
+        for l, kind in enumerate(norms):
+            for what in io.NORM_TENSORS.get(kind, ()):
+                tensors[f"norm.{l}.{what}"] = next(gb if what in ("gamma", "beta") else rs)
         io.write_model(path, self._FILE_KIND, self.coefs_, self.intercepts_, acts,
                        self.out_activation_,
-                       dict(hyperparameters=hyper, attributes=attrs, **self._file_extra()))
+                       dict(hyperparameters=hyper, attributes=attrs, normalization=norms,
+                            **self._file_extra()), norm_tensors=tensors)
 
     def _file_extra(self):
         """What this kind adds to a file's metadata."""
@@ -621,6 +698,14 @@ class _BaseMLP(BaseEstimator):
         f.expect(attrs.get("n_features_in_") == sizes[0] and attrs.get("n_outputs_") == sizes[-1],
                  "n_features_in_ / n_outputs_ do not match layer_sizes")
         est.coefs_, est.intercepts_, est.out_activation_ = f.coefs, f.intercepts, f.out_activation
+        norms = f.doc.get("normalization", [None] * (len(sizes) - 2))
+        f.expect(norms == normalization_list(est.normalization, len(sizes) - 2),
+                 f"the normalization hyperparameter {est.normalization!r} contradicts the "
+                 f"layers' normalization {norms}")
+        est.norm_params_ = [f.norms[f"norm.{l}.{w}"] for l, k in enumerate(norms) if k
+                            for w in ("gamma", "beta")]
+        est.running_stats_ = [f.norms[f"norm.{l}.{w}"] for l, k in enumerate(norms)
+                              if k == "batch" for w in ("running_mean", "running_var")]
         est._read_extra(f)
         return est
 
@@ -649,7 +734,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
-                 class_weight=None):
+                 normalization=None, clip_grad_norm=None, diagnostics=False, class_weight=None):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
@@ -659,7 +744,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
             epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
             dropout=dropout, weight_decay=weight_decay, rho=rho, n_threads=n_threads,
-            callback=callback)
+            callback=callback, normalization=normalization, clip_grad_norm=clip_grad_norm,
+            diagnostics=diagnostics)
         self.class_weight = class_weight
 
     def _validate_input(self, X, y, incremental, reset):
@@ -808,7 +894,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None):
+                 dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
+                 normalization=None, clip_grad_norm=None, diagnostics=False):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
@@ -818,7 +905,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
             epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
             dropout=dropout, weight_decay=weight_decay, rho=rho, n_threads=n_threads,
-            callback=callback)
+            callback=callback, normalization=normalization, clip_grad_norm=clip_grad_norm,
+            diagnostics=diagnostics)
         self.loss = loss
 
     def _validate_input(self, X, y, incremental, reset):

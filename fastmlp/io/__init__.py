@@ -26,7 +26,7 @@ from .._version import __version__
 from .safetensors import (ModelFileError, expect, fail, is_int, json_loads, read_file, short,
                           write_file)
 
-__all__ = ["FORMAT_VERSION", "MAX_BYTES", "ModelFile", "ModelFileError", "json_value",
+__all__ = ["FORMAT_VERSION", "MAX_BYTES", "NORM_TENSORS", "ModelFile", "ModelFileError", "json_value",
            "normalization_fields", "read_model", "write_model"]
 
 FORMAT_VERSION = 1

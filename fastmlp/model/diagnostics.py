@@ -93,7 +93,8 @@ class Recorder:
 
 
 def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    width = int(spec.split(".")[0])
+    return "-".rjust(width) if v is None else format(v, spec)
 
 
 def format_table(record, activations=None):

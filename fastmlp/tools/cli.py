@@ -2,7 +2,8 @@
 
     fastmlp info [--json]            the machine: CPU, ISAs, threads, OpenMP, peak GFLOP/s,
                                      memory bandwidth, NumPy's BLAS
-    fastmlp train [options]          train an MLP classifier (bundled MNIST sample by default)
+    fastmlp train [options]          train an MLP classifier (bundled MNIST sample by default);
+                                     --norm layer|batch, --clip 1.0, --diagnose [--plot F.png]
     fastmlp bench [--quick] [--json FILE] [--plot FILE.png]
                                      every kernel and a training step against NumPy
 
@@ -21,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import core, datasets
 from .._version import __version__
-from ..model import MLP
+from ..model import MLP, diagnostics
 from . import bench
 from .profiler import profile
 
@@ -190,6 +191,13 @@ def _positive(text):
     return value
 
 
+def _positive_real(text):
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
 def _fraction(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -200,8 +208,9 @@ def _fraction(text):
 def build_model(args, n_features, n_classes):
     """The MLP and the native TrainStep that updates its parameters in place."""
     model = MLP([n_features, *args.hidden, n_classes], activation=args.activation,
-                        random_state=args.seed)
-    hyper = dict(optimizer="adam" if args.solver == "adamw" else args.solver)
+                normalization=args.norm, init=args.init, random_state=args.seed)
+    hyper = dict(optimizer="adam" if args.solver == "adamw" else args.solver,
+                 clip_grad_norm=args.clip or 0.0, measure_grad_norm=args.diagnose)
     if args.solver == "adamw":
         hyper["weight_decay"] = args.weight_decay
     step = model.train_step("softmax_cross_entropy", args.batch_size, **hyper)
@@ -212,16 +221,20 @@ def accuracy(model, X, y):
     return float(np.mean(model.predict(X).argmax(axis=1) == y))
 
 
-def fit(model, step, X, y, X_val, y_val, args, progress):
-    """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen)."""
+def fit(model, step, X, y, X_val, y_val, args, progress, recorder=None):
+    """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen). recorder:
+    a diagnostics.Recorder of step, fed on each epoch's last batch."""
     rng = np.random.default_rng(args.seed)
     n, seconds = X.shape[0], 0.0
     order = np.arange(n)
+    last_start = (n - 1) // args.batch_size * args.batch_size
     for epoch in range(1, args.epochs + 1):
         rng.shuffle(order)
         total, t0 = 0.0, time.perf_counter()
         for start in range(0, n, args.batch_size):
             idx = order[start:start + args.batch_size]
+            if recorder is not None and start == last_start:
+                recorder.before_update()
             total += step.run(X, y, lr=args.lr, index=idx) * len(idx)
             done = start + len(idx)
             progress.update(epoch, done, total / done, done / (time.perf_counter() - t0))
@@ -229,10 +242,16 @@ def fit(model, step, X, y, X_val, y_val, args, progress):
         seconds += elapsed
         val = accuracy(model, X_val, y_val) if X_val is not None else None
         progress.end_epoch(epoch, total / n, n / elapsed, val)
+        if recorder is not None:
+            recorder.record(epoch, total / n)
     return seconds, n * args.epochs
 
 
 def cmd_train(args):
+    if args.plot and not args.diagnose:
+        raise SystemExit("fastmlp train: --plot draws the diagnostics: add --diagnose")
+    if args.plot:
+        bench.require_matplotlib()     # fail before training, not after
     if args.threads:
         core.set_num_threads(args.threads)
     X_train, y_train, X_test, y_test, source = load_data(args)
@@ -253,14 +272,28 @@ def cmd_train(args):
               f"{args.solver} lr {args.lr:g}, batch {args.batch_size}) on {source}: "
               f"{X_train.shape[0]:,} train / {X_test.shape[0]:,} test samples", file=sys.stderr)
     progress = Progress(args.epochs, X_train.shape[0], enabled=not args.quiet)
+    recorder = diagnostics.Recorder(step) if args.diagnose else None
     with profile() if args.profile else contextlib.nullcontext() as prof:
-        seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress)
+        seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress,
+                            recorder)
     acc = accuracy(model, X_test, y_test)
     print(f"test accuracy {100 * acc:.2f}% on {X_test.shape[0]:,} samples | trained in "
           f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {core.info()['isa']}, "
           f"{bench.threads_text(core.get_num_threads())}")
     if args.profile:
         print(prof.table())
+    if recorder is not None:
+        shown = recorder.records if len(recorder.records) <= 2 else \
+            [recorder.records[0], recorder.records[-1]]
+        print("diagnostics (each epoch's last batch; fastmlp.model.diagnostics explains the "
+              "columns):")
+        for rec in shown:
+            print(diagnostics.format_table(rec, model.activations))
+        if args.plot:
+            diagnostics.plot(recorder.records, args.plot,
+                             title=f"{'-'.join(map(str, model.layer_sizes))}, "
+                                   f"norm {args.norm or 'none'}")
+            print(f"wrote {args.plot}")
     if args.save:
         model.save(args.save)
         print(f"saved the model to {args.save} (fastmlp.load reads it; predict gives the "
@@ -363,6 +396,17 @@ def parser():
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--validation-split", type=_fraction, default=0.0,
                        help="fraction of the training data held out and scored every epoch")
+    train.add_argument("--norm", choices=["layer", "batch"], default=None,
+                       help="LayerNorm or BatchNorm before every hidden activation")
+    train.add_argument("--init", choices=["auto", "he", "glorot", "sklearn"], default="auto",
+                       help="weight initialization (default auto: He before ReLU, else Glorot)")
+    train.add_argument("--clip", type=_positive_real, metavar="MAX_NORM",
+                       help="clip the gradient's global norm to MAX_NORM")
+    train.add_argument("--diagnose", action="store_true",
+                       help="print per-layer diagnostics (gradient and weight norms, update "
+                       "ratio, dead or saturated units, activation statistics)")
+    train.add_argument("--plot", metavar="FILE.png", help="with --diagnose: plot the loss and "
+                       "per-layer gradient norms (matplotlib)")
     train.add_argument("--save", metavar="PATH", help="write the model (.safetensors)")
     train.add_argument("--profile", action="store_true", help="print the kernel profile")
     train.add_argument("--quiet", action="store_true", help="print the summary only")

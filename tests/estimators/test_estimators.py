@@ -69,7 +69,13 @@ def _expected_failed(est):
      MLPRegressor((8,), max_iter=200, learning_rate_init=0.01, random_state=0),
      MLPClassifier((8,), solver="lbfgs", max_iter=200, random_state=0),
      MLPRegressor((8,), solver="lbfgs", max_iter=200, random_state=0),
-     MLPRegressor((8,), loss="poisson", max_iter=200, learning_rate_init=0.01, random_state=0)],
+     MLPRegressor((8,), loss="poisson", max_iter=200, learning_rate_init=0.01, random_state=0),
+     MLPClassifier((8,), normalization="layer", clip_grad_norm=1.0, max_iter=200,
+                   learning_rate_init=0.01, random_state=0),
+     MLPRegressor((8,), normalization="batch", clip_grad_norm=1.0, diagnostics=True,
+                  max_iter=200, learning_rate_init=0.01, random_state=0),
+     MLPClassifier((8, 6), normalization=["batch", "layer"], max_iter=200,
+                   learning_rate_init=0.01, random_state=0)],
     expected_failed_checks=_expected_failed)
 def test_sklearn_checks(estimator, check):
     check(estimator)
