@@ -464,3 +464,70 @@ def test_sparse_fit_equals_dense_fit(solver, fmt):
     assert reg.predict(Xs).shape == (300,)
     if solver != "lbfgs":
         a.partial_fit(Xs, y)
+
+
+# ---- normalization, clipping, diagnostics ----------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_normalized_fit_save_load_and_pickle(clf_data, tmp_path, norm):
+    import pickle
+    X, y = clf_data
+    clf = MLPClassifier((16, 8), normalization=norm, clip_grad_norm=1.0, max_iter=60,
+                        learning_rate_init=0.01, random_state=0).fit(X, y)
+    assert clf.score(X, y) > 0.9      # 0.94 (layer), 0.95 (batch), 0.93 without a norm
+    assert len(clf.norm_params_) == 4 and len(clf.running_stats_) == (4 if norm == "batch"
+                                                                        else 0)
+    # gamma and beta trained (they start at ones and zeros)
+    assert not np.allclose(clf.norm_params_[0], 1)
+    clf.save(tmp_path / "c.safetensors")
+    for back in (fastmlp.load(tmp_path / "c.safetensors"), pickle.loads(pickle.dumps(clf))):
+        np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+    # predict in inference mode: a row's prediction does not depend on its batch
+    np.testing.assert_allclose(clf.predict_proba(X[:3]), clf.predict_proba(X)[:3],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_diagnostics_history_and_callback(clf_data):
+    X, y = clf_data
+    seen = []
+    clf = MLPClassifier((16, 8), diagnostics=True, max_iter=6, random_state=0,
+                        callback=lambda info: seen.append(info["diagnostics"])).fit(X, y)
+    assert len(clf.history_) == 6 and seen == clf.history_
+    rec = clf.history_[-1]
+    assert rec["epoch"] == 6 and rec["loss"] == pytest.approx(clf.loss_curve_[-1])
+    assert len(rec["layers"]) == 3
+    for entry in rec["layers"]:
+        assert entry["grad_norm"] > 0 and entry["weight_norm"] > 0
+        assert 0 < entry["update_ratio"] < 1
+    for entry in rec["layers"][:2]:
+        assert 0 <= entry["inactive"] <= 1 and entry["act_std"] > 0
+    # the global norm is the norm of the per-layer weight gradients
+    assert rec["grad_norm"] == pytest.approx(
+        np.sqrt(sum(e["grad_norm"] ** 2 for e in rec["layers"])))
+    assert MLPClassifier((4,), max_iter=2, random_state=0).fit(X, y).history_ is None
+
+
+def test_diagnostics_see_vanishing_gradients():
+    """A deep logistic network from scikit-learn's small init: its first layer's gradient is
+    orders of magnitude below its last's (the chain rule's product of sigmoid' <= 1/4)."""
+    X, y = make_classification(400, 10, n_informative=6, random_state=0)
+    clf = MLPClassifier((16,) * 8, activation="logistic", diagnostics=True, max_iter=2,
+                        random_state=0).fit(X, y)
+    layers = clf.history_[0]["layers"]
+    assert layers[0]["grad_norm"] < 1e-3 * layers[-1]["grad_norm"]
+
+
+def test_normalization_parameter_errors(clf_data):
+    X, y = clf_data
+    with pytest.raises(ValueError, match="normalization"):
+        MLPClassifier((4,), normalization="group").fit(X, y)
+    with pytest.raises(ValueError, match="normalization"):
+        MLPClassifier((4, 4), normalization=["layer"]).fit(X, y)
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        MLPClassifier((4,), clip_grad_norm=-1.0).fit(X, y)
+    with pytest.raises(ValueError, match="stochastic solver"):
+        MLPClassifier((4,), solver="lbfgs", normalization="batch").fit(X, y)
+    # LayerNorm's full-batch objective is well defined: lbfgs trains it
+    assert MLPClassifier((8,), solver="lbfgs", normalization="layer", max_iter=100,
+                         random_state=0).fit(X, y).score(X, y) > 0.8

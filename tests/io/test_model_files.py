@@ -86,3 +86,48 @@ def test_load_size_cap(saved):
     _, path, _ = saved
     with pytest.raises(ValueError, match="cap"):
         fastmlp.load(path, max_bytes=100)
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch", [None, "batch"]])
+def test_normalized_mlp_round_trips(tmp_path, norm):
+    model = MLP([6, 5, 4, 3], "relu", normalization=norm, random_state=0)
+    rng = np.random.default_rng(0)
+    for p in model.params[2 * model.n_layers:] + model.running_stats:
+        p[...] = rng.uniform(0.5, 1.5, p.shape)
+    model.save(tmp_path / "n.safetensors")
+    back = fastmlp.load(tmp_path / "n.safetensors")
+    x = rng.standard_normal((7, 6)).astype(np.float32)
+    assert_bitwise_equal(back.predict(x), model.predict(x))
+    assert back.normalization == model.normalization
+    for a, b in zip(back.params + back.running_stats, model.params + model.running_stats):
+        assert_bitwise_equal(a, b)
+    assert flat_buffer(back.params) is not None
+
+
+def test_normalized_file_is_checked(tmp_path):
+    model = MLP([6, 5, 3], "relu", normalization="batch", random_state=0)
+    model.running_stats[1][0] = -1.0          # a negative variance
+    model.save(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFileError, match="negative variances"):
+        fastmlp.load(tmp_path / "bad.safetensors")
+    model.running_stats[1][0] = 1.0
+    model.save(tmp_path / "n.safetensors")
+    raw = (tmp_path / "n.safetensors").read_bytes()
+    (tmp_path / "x.safetensors").write_bytes(
+        rewrite_meta(raw, _set("normalization", ["layer"])))   # tensors of a BatchNorm
+    with pytest.raises(ModelFileError, match="tensors"):
+        fastmlp.load(tmp_path / "x.safetensors")
+    (tmp_path / "y.safetensors").write_bytes(rewrite_meta(raw, _set("normalization", "batch")))
+    with pytest.raises(ModelFileError, match="normalization"):
+        fastmlp.load(tmp_path / "y.safetensors")
+
+
+def test_files_without_normalization_still_load(saved):
+    """A file written before normalization existed has no "normalization" entry."""
+    model, path, raw = saved
+    doc_free = rewrite_meta(raw, lambda d: [d.pop(k) for k in ("normalization", "norm_eps",
+                                                                "norm_momentum")])
+    back = fastmlp.load(__import__("io").BytesIO(doc_free))
+    assert back.normalization == [None]
+    x = np.ones((2, 4), np.float32)
+    assert_bitwise_equal(back.predict(x), model.predict(x))

@@ -170,3 +170,27 @@ def test_bench_quick_json_and_plot(tmp_path):
         assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         pytest.skip("matplotlib is not installed: the --plot part was not run")
+
+
+def test_train_norm_clip_diagnose_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = run(["train", "--epochs", "2", "--hidden", "32,16", "--limit", "2000", "--norm",
+                  "batch", "--clip", "1.0", "--diagnose", "--plot", "diag.png", "--save",
+                  "m.safetensors"], tmp_path)
+    accuracy, _ = summary(result.stdout)
+    assert accuracy > 60
+    # one per-layer table for the first and one for the last epoch: 3 layers each
+    assert len(re.findall(r"^epoch [12]: loss [\d.]+, gradient norm", result.stdout, re.M)) == 2
+    rows = re.findall(r"^ +(\d) +(relu|output) +([\d.e+-]+) ", result.stdout, re.M)
+    assert [r[0] for r in rows] == ["0", "1", "2"] * 2
+    assert all(float(r[2]) > 0 for r in rows)
+    assert (tmp_path / "diag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = fastmlp.load(tmp_path / "m.safetensors")
+    assert model.normalization == ["batch", "batch"]
+    # the running statistics moved away from their start (zeros, ones) and were saved
+    assert not np.allclose(model.running_stats[0], 0)
+
+
+def test_train_plot_needs_diagnose(tmp_path):
+    result = run(["train", "--plot", "x.png"], tmp_path, check=False)
+    assert result.returncode != 0 and "--diagnose" in result.stderr
