@@ -86,7 +86,11 @@ static const char *const kernel_names[FM_K_COUNT] = {
     [FM_K_SIGMOID_CROSS_ENTROPY] = "sigmoid_cross_entropy", [FM_K_MSE_LOSS] = "mse_loss",
     [FM_K_SGD_UPDATE] = "sgd_update", [FM_K_RMSPROP_UPDATE] = "rmsprop_update",
     [FM_K_ADAM_UPDATE] = "adam_update", [FM_K_POISSON_LOSS] = "poisson_loss",
-    [FM_K_SPARSE_MATMUL] = "sparse_matmul", [FM_K_SPARSE_MATMUL_TN] = "sparse_matmul_tn"};
+    [FM_K_SPARSE_MATMUL] = "sparse_matmul", [FM_K_SPARSE_MATMUL_TN] = "sparse_matmul_tn",
+    [FM_K_LAYERNORM_FORWARD] = "layernorm_forward",
+    [FM_K_LAYERNORM_BACKWARD] = "layernorm_backward",
+    [FM_K_BATCHNORM_FORWARD] = "batchnorm_forward",
+    [FM_K_BATCHNORM_BACKWARD] = "batchnorm_backward", [FM_K_CLIP_GRAD_NORM] = "clip_grad_norm"};
 
 static const char *name_of(const char *const *names, int count, int i)
 {
@@ -383,6 +387,76 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
     prof_key key = KEY(FM_K_ADAM_UPDATE, FM_ACT_IDENTITY, flags, 0, n);
     PROFILED(key, (double)n * 14, F4 * (double)n * 7,
              cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, threads(nthreads)));
+}
+
+/* Normalization (formulas in fastmlp/tools/profiler.py): per element, the forward's statistics
+ * take 4 flops (mean: add; variance: subtract, square, add), normalizing 2 and the affine map 2,
+ * plus one for the activation; bytes count every array read or written once (a row or column
+ * strip is re-read from cache, not memory). */
+static double act_flops(int act) { return act != FM_ACT_IDENTITY ? 1.0 : 0.0; }
+
+void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                          const float *beta, double eps, int act, float slope, float *Y,
+                          float *mean, float *rstd, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_LAYERNORM_FORWARD, act, 0, M, N);
+    PROFILED(key, mn * (8 + act_flops(act)), F4 * (2 * mn + 2.0 * N + 2.0 * M),
+             cur()->layernorm_forward(M, N, H, gamma, beta, eps, act, slope, Y, mean, rstd,
+                                      threads(nthreads)));
+}
+
+void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                           const float *H, const float *gamma, const float *beta,
+                           const float *mean, const float *rstd, int act, float slope, float *dH,
+                           float *dgamma, float *dbeta, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_LAYERNORM_BACKWARD, act, 0, M, N);
+    PROFILED(key, mn * (13 + act_flops(act)),
+             F4 * (mn * (3 + (Y != NULL)) + 4.0 * N + 2.0 * M),
+             cur()->layernorm_backward(M, N, dY, Y, H, gamma, beta, mean, rstd, act, slope, dH,
+                                       dgamma, dbeta, threads(nthreads)));
+}
+
+void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                          const float *beta, double eps, int training, double momentum,
+                          float *running_mean, float *running_var, int act, float slope,
+                          float *Y, float *mean, float *rstd, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    int running = running_mean && running_var;
+    prof_key key = KEY(FM_K_BATCHNORM_FORWARD, act, training ? FM_PROF_TRAINING : 0, M, N);
+    /* inference skips the statistics (4 flops per element) and reads the running ones */
+    double flops = mn * ((training ? 8 : 4) + act_flops(act)) + (training && running ? 6.0 * N : 0);
+    double bytes = F4 * (2 * mn + 4.0 * N + (training ? (running ? 4.0 * N : 0) : 2.0 * N));
+    PROFILED(key, flops, bytes,
+             cur()->batchnorm_forward(M, N, H, gamma, beta, eps, training, momentum, running_mean,
+                                      running_var, act, slope, Y, mean, rstd, threads(nthreads)));
+}
+
+void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                           const float *H, const float *gamma, const float *beta,
+                           const float *mean, const float *rstd, int act, float slope, float *dH,
+                           float *dgamma, float *dbeta, int nthreads)
+{
+    double mn = (double)M * (double)N;
+    prof_key key = KEY(FM_K_BATCHNORM_BACKWARD, act, 0, M, N);
+    PROFILED(key, mn * (9 + act_flops(act)), F4 * (mn * (3 + (Y != NULL)) + 6.0 * N),
+             cur()->batchnorm_backward(M, N, dY, Y, H, gamma, beta, mean, rstd, act, slope, dH,
+                                       dgamma, dbeta, threads(nthreads)));
+}
+
+double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
+{
+    double r;
+    prof_key key = KEY(FM_K_CLIP_GRAD_NORM, FM_ACT_IDENTITY, 0, 0, n);
+    /* evaluated after the call: a clipped g is read and written a second time */
+#define CLIPPED (max_norm > 0.0 && r > max_norm)
+    PROFILED(key, (double)n * (CLIPPED ? 3 : 2), F4 * (double)n * (CLIPPED ? 3 : 1),
+             r = cur()->clip_grad_norm(n, g, max_norm, threads(nthreads)));
+#undef CLIPPED
+    return r;
 }
 
 double fm_measure_peak_gflops(double seconds, int nthreads)

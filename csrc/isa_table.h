@@ -12,6 +12,7 @@
 #include "gemm_plan.h"
 #include "gemm_driver.h"
 #include "ops_impl.h"
+#include "norm_impl.h"
 #include "sparse_impl.h"
 
 fm_kernels FM_TABLE = {
@@ -32,5 +33,10 @@ fm_kernels FM_TABLE = {
     .sgd_update = sgd_update,
     .rmsprop_update = rmsprop_update,
     .adam_update = adam_update,
+    .layernorm_forward = layernorm_forward,
+    .layernorm_backward = layernorm_backward,
+    .batchnorm_forward = batchnorm_forward,
+    .batchnorm_backward = batchnorm_backward,
+    .clip_grad_norm = clip_grad_norm,
     .measure_peak_gflops = measure_peak_gflops,
 };

@@ -27,6 +27,11 @@ typedef struct fm_kernels {
     FM_ENTRY(sgd_update);
     FM_ENTRY(rmsprop_update);
     FM_ENTRY(adam_update);
+    FM_ENTRY(layernorm_forward);
+    FM_ENTRY(layernorm_backward);
+    FM_ENTRY(batchnorm_forward);
+    FM_ENTRY(batchnorm_backward);
+    FM_ENTRY(clip_grad_norm);
     FM_ENTRY(measure_peak_gflops);
 } fm_kernels;
 

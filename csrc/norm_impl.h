@@ -1,0 +1,278 @@
+/* norm_impl.h: LayerNorm and BatchNorm, each fused with the activation after it, and global-norm
+ * gradient clipping. Compiled once per ISA by isa_*.c (after simd.h and ops_impl.h, whose
+ * threads_for and viota it uses); contracts in fastmlp.h, "Normalization".
+ *
+ * Design notes:
+ *  a) Statistics are two-pass: the mean, then the mean of the squared deviations from it, both in
+ *     float32. E[h^2] - E[h]^2 in one pass cancels catastrophically once |mean| is large against
+ *     the spread (a pre-activation of mean 1e3 and std 1 keeps no correct digit of its variance in
+ *     float32), and Welford's update needs a division per element and a serial dependency. The
+ *     second pass reads data the first one just brought into cache (a LayerNorm row, a BatchNorm
+ *     column strip of M x VLEN floats).
+ *  b) Thread splits follow the statistics, so that each statistic is summed by one thread:
+ *     LayerNorm splits rows (a row's mean and variance are VLEN-lane vector sums in index order,
+ *     then vsum_tree, a fixed pairwise tree), BatchNorm splits blocks of VLEN columns (each column
+ *     summed in row order, one lane per column). LayerNorm's dgamma and dbeta are column sums, so
+ *     its backward runs as two parallel loops: column blocks for them, then rows for dH.
+ *  c) Determinism (rule 4): every output element, statistic and parameter gradient is computed by
+ *     one thread in an order fixed by M, N and VLEN; no OpenMP reduction clause anywhere. So the
+ *     bits do not depend on the thread count; they depend on the ISA through VLEN only in
+ *     LayerNorm's row sums and clip_grad_norm's lanes (BatchNorm's column sums are those of a
+ *     plain scalar loop on every ISA).
+ *  d) No scratch and no pre-activation buffer: the backward kernels recompute Hn = (H - mean)
+ *     rstd and, for gelu, z = gamma Hn + beta, with the same operations as the forward (a
+ *     multiply and an add, never an FMA, so the recomputed z is the forward's bit for bit).
+ *     dH may alias dY: every pass that writes dH reads each dY element before writing it, and
+ *     the passes before it (LayerNorm's dgamma/dbeta loop, BatchNorm's sums over a column
+ *     strip) end before any dH element they need is written.
+ *  e) rstd = 1 / sqrt(var + eps) is computed in double from the float32 variance and rounded
+ *     once (eps comes in double, as the optimizers' hyperparameters do).
+ *  f) Padding lanes past N (vload_n zeroes them) are masked out of every row sum: 0 - mean is not
+ *     0. Column sums never mix lanes, so the padding lanes of BatchNorm are never stored.
+ */
+
+/* x's lanes added as the pairwise tree that adds lane l and l + VLEN/2 first, then l + VLEN/4,
+ * ... (the tree of gemm_dot.h's vsum_lanes, on one vector). */
+static inline float vsum_tree(vf x)
+{
+#pragma GCC unroll 4
+    for (int h = VLEN / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; l++) x[l] = x[l] + x[l + h];
+    return x[0];
+}
+
+static inline float rstd_of(float var, double eps) { return (float)(1.0 / sqrt((double)var + eps)); }
+
+/* The lanes of a vector starting at column j of an N-wide row that hold columns. */
+static inline vi lanes_in(ptrdiff_t N, ptrdiff_t j) { return viota() < (int32_t)(N - j); }
+
+/* The affine part of both normalizations, as forward and backward compute it (note d). */
+static inline vf affine(vf hn, vf gamma, vf beta) { return gamma * hn + beta; }
+
+/* ---- LayerNorm ---------------------------------------------------------------------------- */
+
+static void layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                              const float *beta, double eps, int act, float slope, float *Y,
+                              float *mean, float *rstd, int nthreads)
+{
+    if (M <= 0 || N <= 0) return; /* rule 1 */
+    float inv_n = 1.0f / (float)N;
+#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
+    for (ptrdiff_t i = 0; i < M; i++) {
+        const float *h = H + i * N;
+        vf s = vsplat(0.0f);
+        for (ptrdiff_t j = 0; j < N; j += VLEN) s = s + vload_n(h + j, (int)(N - j));
+        float mu = vsum_tree(s) * inv_n;
+        vf q = vsplat(0.0f);
+        for (ptrdiff_t j = 0; j < N; j += VLEN) {
+            vf d = vload_n(h + j, (int)(N - j)) - mu;
+            q = q + vselect(lanes_in(N, j), d * d, vsplat(0.0f));
+        }
+        float rs = rstd_of(vsum_tree(q) * inv_n, eps);
+        /* Y may alias H: each element is read before it is written, the statistics are done */
+        for (ptrdiff_t j = 0; j < N; j += VLEN) {
+            int n = (int)(N - j);
+            vf hn = (vload_n(h + j, n) - mu) * rs;
+            vf z = affine(hn, vload_n(gamma + j, n), vload_n(beta + j, n));
+            vstore_n(Y + i * N + j, vact_forward(z, act, slope), n);
+        }
+        mean[i] = mu;
+        rstd[i] = rs;
+    }
+}
+
+/* g = dY * act'(.) of one vector of row i at column j (n lanes), and Hn there. */
+static inline vf norm_grad(const float *dY, const float *Y, const float *H, vf gm, vf bt,
+                           vf mu, vf rs, int act, float slope, ptrdiff_t off, int n, vf *hn_out)
+{
+    vf hn = (vload_n(H + off, n) - mu) * rs;
+    vf dy = vload_n(dY + off, n);
+    vf y = Y ? vload_n(Y + off, n) : vsplat(0.0f);
+    vf z = act == FM_ACT_GELU ? affine(hn, gm, bt) : vsplat(0.0f);
+    *hn_out = hn;
+    return vact_backward(dy, y, z, act, slope);
+}
+
+static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                               const float *H, const float *gamma, const float *beta,
+                               const float *mean, const float *rstd, int act, float slope,
+                               float *dH, float *dgamma, float *dbeta, int nthreads)
+{
+    if (M <= 0 || N <= 0) return;
+    /* pass 1: dgamma, dbeta; threads take blocks of VLEN columns, each summed in row order. It
+     * reads all of dY before pass 2 writes dH (which may alias it). */
+    ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
+    int nt = threads_for(M * N, nthreads);
+    int ntc = nt > nblk ? (int)nblk : nt;
+#pragma omp parallel for num_threads(ntc) schedule(static)
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        ptrdiff_t j = b * VLEN;
+        int n = (int)(N - j);
+        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        vf sg = vsplat(0.0f), sgh = vsplat(0.0f), hn;
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf g = norm_grad(dY, Y, H, gm, bt, vsplat(mean[i]), vsplat(rstd[i]), act, slope,
+                             i * N + j, n, &hn);
+            sg = sg + g;
+            sgh = sgh + g * hn;
+        }
+        vstore_n(dbeta + j, sg, n);
+        vstore_n(dgamma + j, sgh, n);
+    }
+    /* pass 2: dH, threads take rows. Per row: the means of gh = g gamma and of gh Hn (lane sums
+     * in index order, then vsum_tree), then dH = rstd (gh - mean(gh) - Hn mean(gh Hn)). */
+    float inv_n = 1.0f / (float)N;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (ptrdiff_t i = 0; i < M; i++) {
+        vf mu = vsplat(mean[i]), rs = vsplat(rstd[i]), hn;
+        vf s1 = vsplat(0.0f), s2 = vsplat(0.0f);
+        for (ptrdiff_t j = 0; j < N; j += VLEN) {
+            int n = (int)(N - j);
+            vf gm = vload_n(gamma + j, n);
+            vf gh = norm_grad(dY, Y, H, gm, vload_n(beta + j, n), mu, rs, act, slope, i * N + j,
+                              n, &hn) * gm;
+            vi in = lanes_in(N, j);
+            s1 = s1 + vselect(in, gh, vsplat(0.0f));
+            s2 = s2 + vselect(in, gh * hn, vsplat(0.0f));
+        }
+        float a = vsum_tree(s1) * inv_n, c = vsum_tree(s2) * inv_n;
+        for (ptrdiff_t j = 0; j < N; j += VLEN) {
+            int n = (int)(N - j);
+            vf gm = vload_n(gamma + j, n);
+            vf gh = norm_grad(dY, Y, H, gm, vload_n(beta + j, n), mu, rs, act, slope, i * N + j,
+                              n, &hn) * gm;
+            vstore_n(dH + i * N + j, rs * ((gh - a) - hn * c), n);
+        }
+    }
+}
+
+/* ---- BatchNorm ---------------------------------------------------------------------------- */
+
+static void batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                              const float *beta, double eps, int training, double momentum,
+                              float *running_mean, float *running_var, int act, float slope,
+                              float *Y, float *mean, float *rstd, int nthreads)
+{
+    if (M <= 0 || N <= 0) return; /* rule 1 (inference with M == 0 included) */
+    ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
+    int nt = threads_for(M * N, nthreads);
+    if (nt > nblk) nt = (int)nblk;
+    int update = training && running_mean && running_var;
+    /* PyTorch's BatchNorm1d: running = (1 - momentum) running + momentum batch, the variance
+     * unbiased (M / (M - 1)); the coefficients rounded once from double */
+    float mom = (float)momentum, keep = (float)(1.0 - momentum);
+    float unbias = M > 1 ? (float)((double)M / (double)(M - 1)) : 1.0f;
+    float inv_m = 1.0f / (float)M;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        ptrdiff_t j = b * VLEN;
+        int n = (int)(N - j);
+        vf mu, rs = vsplat(0.0f);
+        if (training) {
+            vf s = vsplat(0.0f);
+            for (ptrdiff_t i = 0; i < M; i++) s = s + vload_n(H + i * N + j, n);
+            mu = s * inv_m;
+            vf q = vsplat(0.0f);
+            for (ptrdiff_t i = 0; i < M; i++) {
+                vf d = vload_n(H + i * N + j, n) - mu;
+                q = q + d * d;
+            }
+            vf var = q * inv_m;
+            for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
+            if (update) {
+                vf rm = vload_n(running_mean + j, n), rv = vload_n(running_var + j, n);
+                vstore_n(running_mean + j, keep * rm + mom * mu, n);
+                vstore_n(running_var + j, keep * rv + mom * (var * unbias), n);
+            }
+        } else {
+            mu = vload_n(running_mean + j, n);
+            vf var = vload_n(running_var + j, n);
+            for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
+        }
+        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        /* Y may alias H: the statistics passes are over, each element is read before written */
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf hn = (vload_n(H + i * N + j, n) - mu) * rs;
+            vstore_n(Y + i * N + j, vact_forward(affine(hn, gm, bt), act, slope), n);
+        }
+        vstore_n(mean + j, mu, n);
+        vstore_n(rstd + j, rs, n);
+    }
+}
+
+static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                               const float *H, const float *gamma, const float *beta,
+                               const float *mean, const float *rstd, int act, float slope,
+                               float *dH, float *dgamma, float *dbeta, int nthreads)
+{
+    if (M <= 0 || N <= 0) return;
+    ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
+    int nt = threads_for(M * N, nthreads);
+    if (nt > nblk) nt = (int)nblk;
+    float inv_m = 1.0f / (float)M;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        ptrdiff_t j = b * VLEN;
+        int n = (int)(N - j);
+        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        vf mu = vload_n(mean + j, n), rs = vload_n(rstd + j, n), hn;
+        vf sg = vsplat(0.0f), sgh = vsplat(0.0f);
+        /* the strip's sums read all of its dY before any dH of it is written (dH may alias dY) */
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf g = norm_grad(dY, Y, H, gm, bt, mu, rs, act, slope, i * N + j, n, &hn);
+            sg = sg + g;
+            sgh = sgh + g * hn;
+        }
+        vstore_n(dbeta + j, sg, n);
+        vstore_n(dgamma + j, sgh, n);
+        vf k = gm * rs, a = sg * inv_m, c = sgh * inv_m;
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf g = norm_grad(dY, Y, H, gm, bt, mu, rs, act, slope, i * N + j, n, &hn);
+            vstore_n(dH + i * N + j, k * ((g - a) - hn * c), n);
+        }
+    }
+}
+
+/* ---- Gradient clipping -------------------------------------------------------------------
+ * The sum of squares runs in at most CLIP_BLOCKS blocks of consecutive elements (a count that
+ * depends on n only), each summed in double as VLEN lanes (squares of floats are exact in
+ * double), the lanes as a pairwise tree, then the blocks in order. */
+
+#define CLIP_BLOCKS 256
+
+typedef double vd __attribute__((vector_size(VLEN * sizeof(double))));
+
+static inline double vdsum_tree(vd x)
+{
+#pragma GCC unroll 4
+    for (int h = VLEN / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; l++) x[l] = x[l] + x[l + h];
+    return x[0];
+}
+
+static double clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
+{
+    double part[CLIP_BLOCKS];
+    ptrdiff_t nb = n < CLIP_BLOCKS ? n : CLIP_BLOCKS;
+    if (nb <= 0) return 0.0;
+    int nt = threads_for(n, nthreads);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (ptrdiff_t b = 0; b < nb; b++) {
+        ptrdiff_t lo = n * b / nb, hi = n * (b + 1) / nb;
+        vd acc = {0};
+        for (ptrdiff_t k = lo; k < hi; k += VLEN) {
+            vd x = __builtin_convertvector(vload_n(g + k, (int)(hi - k)), vd);
+            acc = acc + x * x;
+        }
+        part[b] = vdsum_tree(acc);
+    }
+    double total = 0.0;
+    for (ptrdiff_t b = 0; b < nb; b++) total += part[b];
+    double norm = sqrt(total);
+    if (max_norm > 0.0 && norm > max_norm) { /* false for a NaN norm: g is left as it is */
+        float scale = (float)(max_norm / (norm + 1e-6));
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (ptrdiff_t k = 0; k < n; k++) g[k] = g[k] * scale;
+    }
+    return norm;
+}
