@@ -582,5 +582,6 @@ def clip_grad_norm(grad, max_norm):
     g64 = np.asarray(grad, dtype=np.float64)
     norm = float(np.sqrt((g64 * g64).sum()))
     if max_norm > 0 and norm > max_norm:
-        grad *= grad.dtype.type(max_norm / (norm + 1e-6))
+        with np.errstate(invalid="ignore"):  # an infinite norm: inf * 0 = NaN, as PyTorch's
+            grad *= grad.dtype.type(max_norm / (norm + 1e-6))
     return norm
