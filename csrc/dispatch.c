@@ -389,16 +389,19 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
              cur()->adam_update(n, p, g, m, v, step, lr, b1, b2, eps, l2, wd, threads(nthreads)));
 }
 
-/* Normalization: forward 8 flops an element (two passes of statistics, then normalize and
- * scale), backward 14 (dgamma / dbeta and dH, Hn recomputed in both), plus the activation's
- * one; every array counted once. */
+/* Normalization (formulas in fastmlp/tools/profiler.py): per element, the forward's statistics
+ * take 4 flops (mean: add; variance: subtract, square, add), normalizing 2 and the affine map 2,
+ * plus one for the activation; bytes count every array read or written once (a row or column
+ * strip is re-read from cache, not memory). */
+static double act_flops(int act) { return act != FM_ACT_IDENTITY ? 1.0 : 0.0; }
+
 void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
                           const float *beta, double eps, int act, float slope, float *Y,
                           float *mean, float *rstd, int nthreads)
 {
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_LAYERNORM_FORWARD, act, 0, M, N);
-    PROFILED(key, mn * (8 + (act != FM_ACT_IDENTITY)), F4 * (2 * mn + 2 * N + 2 * M),
+    PROFILED(key, mn * (8 + act_flops(act)), F4 * (2 * mn + 2.0 * N + 2.0 * M),
              cur()->layernorm_forward(M, N, H, gamma, beta, eps, act, slope, Y, mean, rstd,
                                       threads(nthreads)));
 }
@@ -410,8 +413,8 @@ void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const floa
 {
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_LAYERNORM_BACKWARD, act, 0, M, N);
-    PROFILED(key, mn * (14 + (act != FM_ACT_IDENTITY)),
-             F4 * (mn * (3 + (Y != NULL)) + 4 * N + 2 * M),
+    PROFILED(key, mn * (13 + act_flops(act)),
+             F4 * (mn * (3 + (Y != NULL)) + 4.0 * N + 2.0 * M),
              cur()->layernorm_backward(M, N, dY, Y, H, gamma, beta, mean, rstd, act, slope, dH,
                                        dgamma, dbeta, threads(nthreads)));
 }
@@ -422,12 +425,14 @@ void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float 
                           float *Y, float *mean, float *rstd, int nthreads)
 {
     double mn = (double)M * (double)N;
+    int running = running_mean && running_var;
     prof_key key = KEY(FM_K_BATCHNORM_FORWARD, act, training ? FM_PROF_TRAINING : 0, M, N);
-    PROFILED(key, mn * ((training ? 8 : 4) + (act != FM_ACT_IDENTITY)),
-             F4 * (2 * mn + 4 * N + (running_mean ? 2 * N : 0)),
-             cur()->batchnorm_forward(M, N, H, gamma, beta, eps, training, momentum,
-                                      running_mean, running_var, act, slope, Y, mean, rstd,
-                                      threads(nthreads)));
+    /* inference skips the statistics (4 flops per element) and reads the running ones */
+    double flops = mn * ((training ? 8 : 4) + act_flops(act)) + (training && running ? 6.0 * N : 0);
+    double bytes = F4 * (2 * mn + 4.0 * N + (training ? (running ? 4.0 * N : 0) : 2.0 * N));
+    PROFILED(key, flops, bytes,
+             cur()->batchnorm_forward(M, N, H, gamma, beta, eps, training, momentum, running_mean,
+                                      running_var, act, slope, Y, mean, rstd, threads(nthreads)));
 }
 
 void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
@@ -437,20 +442,21 @@ void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const floa
 {
     double mn = (double)M * (double)N;
     prof_key key = KEY(FM_K_BATCHNORM_BACKWARD, act, 0, M, N);
-    PROFILED(key, mn * (14 + (act != FM_ACT_IDENTITY)),
-             F4 * (mn * (3 + (Y != NULL)) + 6 * N),
+    PROFILED(key, mn * (9 + act_flops(act)), F4 * (mn * (3 + (Y != NULL)) + 6.0 * N),
              cur()->batchnorm_backward(M, N, dY, Y, H, gamma, beta, mean, rstd, act, slope, dH,
                                        dgamma, dbeta, threads(nthreads)));
 }
 
-/* 2 flops an element for the norm, 1 more to scale; g read once (twice when scaled). */
 double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
 {
-    double norm;
+    double r;
     prof_key key = KEY(FM_K_CLIP_GRAD_NORM, FM_ACT_IDENTITY, 0, 0, n);
-    PROFILED(key, 2.0 * (double)n, F4 * (double)n,
-             norm = cur()->clip_grad_norm(n, g, max_norm, threads(nthreads)));
-    return norm;
+    /* evaluated after the call: a clipped g is read and written a second time */
+#define CLIPPED (max_norm > 0.0 && r > max_norm)
+    PROFILED(key, (double)n * (CLIPPED ? 3 : 2), F4 * (double)n * (CLIPPED ? 3 : 1),
+             r = cur()->clip_grad_norm(n, g, max_norm, threads(nthreads)));
+#undef CLIPPED
+    return r;
 }
 
 double fm_measure_peak_gflops(double seconds, int nthreads)

@@ -12,8 +12,8 @@
 #include "gemm_plan.h"
 #include "gemm_driver.h"
 #include "ops_impl.h"
-#include "sparse_impl.h"
 #include "norm_impl.h"
+#include "sparse_impl.h"
 
 fm_kernels FM_TABLE = {
     .isa = FM_TABLE_ISA,

@@ -1,269 +1,278 @@
-/* norm_impl.h: LayerNorm and BatchNorm, each fused with the activation after it, their
- * backward passes, and global-norm gradient clipping. Compiled once per ISA by isa_*.c (after
- * ops_impl.h, whose threads_for and viota it uses); contracts in fastmlp.h.
+/* norm_impl.h: LayerNorm and BatchNorm, each fused with the activation after it, and global-norm
+ * gradient clipping. Compiled once per ISA by isa_*.c (after simd.h and ops_impl.h, whose
+ * threads_for and viota it uses); contracts in fastmlp.h, "Normalization".
  *
  * Design notes:
- *  a) Two-pass statistics: the mean, then the mean of (h - mean)^2. Welford's update would
- *     read H once instead of twice, but its per-element division serialises the row; a row of
- *     H is at most a few KiB, so the second read comes from L1, and the two-pass form has no
- *     E[h^2] - E[h]^2 cancellation when |mean| >> spread (the float32 test in test_norm.py
- *     holds rows with mean 1e4 and spread 1).
- *  b) Fusion: the forward writes act(gamma Hn + beta) straight from registers, and the backward
- *     recomputes Hn from (H, mean, rstd) and act' from Y (or z for gelu) instead of reading
- *     stored copies: each pass reads H and writes one array, where an unfused norm + activation
- *     writes and reads back one more M x N array in each direction.
- *  c) Threads: LayerNorm's statistics and dH are per row (threads take rows); every column sum
- *     (dgamma, dbeta, BatchNorm's statistics) is a VLEN-wide block of columns summed in row
- *     order by one thread (threads take blocks), as fm_bias_grad. No sum depends on the split.
- *  d) The backward kernels run their column sums in a first parallel pass that only reads dY,
- *     then write dH in a second: dH may alias dY without scratch memory.
+ *  a) Statistics are two-pass: the mean, then the mean of the squared deviations from it, both in
+ *     float32. E[h^2] - E[h]^2 in one pass cancels catastrophically once |mean| is large against
+ *     the spread (a pre-activation of mean 1e3 and std 1 keeps no correct digit of its variance in
+ *     float32), and Welford's update needs a division per element and a serial dependency. The
+ *     second pass reads data the first one just brought into cache (a LayerNorm row, a BatchNorm
+ *     column strip of M x VLEN floats).
+ *  b) Thread splits follow the statistics, so that each statistic is summed by one thread:
+ *     LayerNorm splits rows (a row's mean and variance are VLEN-lane vector sums in index order,
+ *     then vsum_tree, a fixed pairwise tree), BatchNorm splits blocks of VLEN columns (each column
+ *     summed in row order, one lane per column). LayerNorm's dgamma and dbeta are column sums, so
+ *     its backward runs as two parallel loops: column blocks for them, then rows for dH.
+ *  c) Determinism (rule 4): every output element, statistic and parameter gradient is computed by
+ *     one thread in an order fixed by M, N and VLEN; no OpenMP reduction clause anywhere. So the
+ *     bits do not depend on the thread count; they depend on the ISA through VLEN only in
+ *     LayerNorm's row sums and clip_grad_norm's lanes (BatchNorm's column sums are those of a
+ *     plain scalar loop on every ISA).
+ *  d) No scratch and no pre-activation buffer: the backward kernels recompute Hn = (H - mean)
+ *     rstd and, for gelu, z = gamma Hn + beta, with the same operations as the forward (a
+ *     multiply and an add, never an FMA, so the recomputed z is the forward's bit for bit).
+ *     dH may alias dY: every pass that writes dH reads each dY element before writing it, and
+ *     the passes before it (LayerNorm's dgamma/dbeta loop, BatchNorm's sums over a column
+ *     strip) end before any dH element they need is written.
+ *  e) rstd = 1 / sqrt(var + eps) is computed in double from the float32 variance and rounded
+ *     once (eps comes in double, as the optimizers' hyperparameters do).
+ *  f) Padding lanes past N (vload_n zeroes them) are masked out of every row sum: 0 - mean is not
+ *     0. Column sums never mix lanes, so the padding lanes of BatchNorm are never stored.
  */
 
-/* vf of the first n lanes of x, the rest 0 (a masked load already zeroes them; a difference
- * such as x - mean does not). */
-static inline vf vfirst(vf x, int n) { return vselect(viota() < n, x, vsplat(0.0f)); }
-
-/* The threads for a column-block pass: as threads_for, at most one per block. */
-static inline int threads_for_blocks(ptrdiff_t work, ptrdiff_t nblk, int nthreads)
+/* x's lanes added as the pairwise tree that adds lane l and l + VLEN/2 first, then l + VLEN/4,
+ * ... (the tree of gemm_dot.h's vsum_lanes, on one vector). */
+static inline float vsum_tree(vf x)
 {
-    int nt = threads_for(work, nthreads);
-    return nt > nblk ? (int)(nblk > 0 ? nblk : 1) : nt;
+#pragma GCC unroll 4
+    for (int h = VLEN / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; l++) x[l] = x[l] + x[l + h];
+    return x[0];
 }
 
-/* ---- LayerNorm ------------------------------------------------------------------------------ */
+static inline float rstd_of(float var, double eps) { return (float)(1.0 / sqrt((double)var + eps)); }
 
-/* H[M,N], gamma[N], beta[N] -> Y[M,N] = act(gamma Hn + beta), mean[M], rstd[M] */
+/* The lanes of a vector starting at column j of an N-wide row that hold columns. */
+static inline vi lanes_in(ptrdiff_t N, ptrdiff_t j) { return viota() < (int32_t)(N - j); }
+
+/* The affine part of both normalizations, as forward and backward compute it (note d). */
+static inline vf affine(vf hn, vf gamma, vf beta) { return gamma * hn + beta; }
+
+/* ---- LayerNorm ---------------------------------------------------------------------------- */
+
 static void layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
-                              const float *beta, double eps_, int act, float slope, float *Y,
+                              const float *beta, double eps, int act, float slope, float *Y,
                               float *mean, float *rstd, int nthreads)
 {
-    if (M <= 0 || N <= 0) return;
-    float eps = (float)eps_, inv_n = 1.0f / (float)N;
+    if (M <= 0 || N <= 0) return; /* rule 1 */
+    float inv_n = 1.0f / (float)N;
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         const float *h = H + i * N;
-        float *y = Y + i * N;
         vf s = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) s = s + vload_n(h + j, (int)(N - j));
-        float mu = vsum(s) * inv_n;
+        float mu = vsum_tree(s) * inv_n;
         vf q = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
-            int n = (int)(N - j);
-            vf d = vfirst(vload_n(h + j, n) - mu, n);
-            q = q + d * d;
+            vf d = vload_n(h + j, (int)(N - j)) - mu;
+            q = q + vselect(lanes_in(N, j), d * d, vsplat(0.0f));
         }
-        float r = 1.0f / sqrtf(vsum(q) * inv_n + eps);
-        mean[i] = mu;
-        rstd[i] = r;
+        float rs = rstd_of(vsum_tree(q) * inv_n, eps);
+        /* Y may alias H: each element is read before it is written, the statistics are done */
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf x = (vload_n(h + j, n) - mu) * r;
-            vf z = vload_n(gamma + j, n) * x + vload_n(beta + j, n);
-            vstore_n(y + j, vact_forward(z, act, slope), n);
+            vf hn = (vload_n(h + j, n) - mu) * rs;
+            vf z = affine(hn, vload_n(gamma + j, n), vload_n(beta + j, n));
+            vstore_n(Y + i * N + j, vact_forward(z, act, slope), n);
         }
+        mean[i] = mu;
+        rstd[i] = rs;
     }
 }
 
-/* g = dY * act'(.) at one vector of a normalized row or column: act' from Y, or from
- * z = gamma Hn + beta (gelu). */
-static inline vf norm_grad_act(vf dy, const float *y, vf hn, vf gamma, vf beta, int act,
-                               float slope, int n)
+/* g = dY * act'(.) of one vector of row i at column j (n lanes), and Hn there. */
+static inline vf norm_grad(const float *dY, const float *Y, const float *H, vf gm, vf bt,
+                           vf mu, vf rs, int act, float slope, ptrdiff_t off, int n, vf *hn_out)
 {
-    if (act == FM_ACT_IDENTITY) return dy;
-    vf yv = act == FM_ACT_GELU ? vsplat(0.0f) : vload_n(y, n);
-    vf z = act == FM_ACT_GELU ? gamma * hn + beta : vsplat(0.0f);
-    return vact_backward(dy, yv, z, act, slope);
+    vf hn = (vload_n(H + off, n) - mu) * rs;
+    vf dy = vload_n(dY + off, n);
+    vf y = Y ? vload_n(Y + off, n) : vsplat(0.0f);
+    vf z = act == FM_ACT_GELU ? affine(hn, gm, bt) : vsplat(0.0f);
+    *hn_out = hn;
+    return vact_backward(dy, y, z, act, slope);
 }
 
-/* dgamma[N] = sum_i g Hn, dbeta[N] = sum_i g, column blocks in row order (notes c, d). The
- * statistics are per row (LayerNorm: stat_stride 1 along rows) or per column (BatchNorm). */
-static void norm_column_grads(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
-                              const float *H, const float *gamma, const float *beta,
-                              const float *mean, const float *rstd, int per_row, int act,
-                              float slope, float *dgamma, float *dbeta, int nthreads)
-{
-    ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
-#pragma omp parallel for num_threads(threads_for_blocks(M * N, nblk, nthreads)) schedule(static)
-    for (ptrdiff_t b = 0; b < nblk; b++) {
-        ptrdiff_t j = b * VLEN;
-        int n = (int)(N - j);
-        vf ga = vload_n(gamma + j, n), be = vload_n(beta + j, n);
-        vf mu_c = per_row ? vsplat(0.0f) : vload_n(mean + j, n);
-        vf r_c = per_row ? vsplat(0.0f) : vload_n(rstd + j, n);
-        vf dg = vsplat(0.0f), db = vsplat(0.0f);
-        for (ptrdiff_t i = 0; i < M; i++) {
-            vf mu = per_row ? vsplat(mean[i]) : mu_c, r = per_row ? vsplat(rstd[i]) : r_c;
-            vf hn = (vload_n(H + i * N + j, n) - mu) * r;
-            vf g = norm_grad_act(vload_n(dY + i * N + j, n), Y + i * N + j, hn, ga, be, act,
-                                 slope, n);
-            dg = dg + g * hn;
-            db = db + g;
-        }
-        vstore_n(dgamma + j, dg, n);
-        vstore_n(dbeta + j, db, n);
-    }
-}
-
-/* dY[M,N] -> dH[M,N], dgamma[N], dbeta[N] */
 static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
                                const float *H, const float *gamma, const float *beta,
                                const float *mean, const float *rstd, int act, float slope,
                                float *dH, float *dgamma, float *dbeta, int nthreads)
 {
-    if (N <= 0) return;
-    if (M <= 0) { /* rule 1 writes nothing; but the column sums of no rows are 0 */
-        memset(dgamma, 0, (size_t)N * sizeof(float));
-        memset(dbeta, 0, (size_t)N * sizeof(float));
-        return;
+    if (M <= 0 || N <= 0) return;
+    /* pass 1: dgamma, dbeta; threads take blocks of VLEN columns, each summed in row order. It
+     * reads all of dY before pass 2 writes dH (which may alias it). */
+    ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
+    int nt = threads_for(M * N, nthreads);
+    int ntc = nt > nblk ? (int)nblk : nt;
+#pragma omp parallel for num_threads(ntc) schedule(static)
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        ptrdiff_t j = b * VLEN;
+        int n = (int)(N - j);
+        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        vf sg = vsplat(0.0f), sgh = vsplat(0.0f), hn;
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf g = norm_grad(dY, Y, H, gm, bt, vsplat(mean[i]), vsplat(rstd[i]), act, slope,
+                             i * N + j, n, &hn);
+            sg = sg + g;
+            sgh = sgh + g * hn;
+        }
+        vstore_n(dbeta + j, sg, n);
+        vstore_n(dgamma + j, sgh, n);
     }
-    norm_column_grads(M, N, dY, Y, H, gamma, beta, mean, rstd, 1, act, slope, dgamma, dbeta,
-                      nthreads);
+    /* pass 2: dH, threads take rows. Per row: the means of gh = g gamma and of gh Hn (lane sums
+     * in index order, then vsum_tree), then dH = rstd (gh - mean(gh) - Hn mean(gh Hn)). */
     float inv_n = 1.0f / (float)N;
-#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
-        const float *h = H + i * N, *dy = dY + i * N, *y = Y ? Y + i * N : NULL;
-        float *dh = dH + i * N;
-        float mu = mean[i], r = rstd[i];
+        vf mu = vsplat(mean[i]), rs = vsplat(rstd[i]), hn;
         vf s1 = vsplat(0.0f), s2 = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf ga = vload_n(gamma + j, n);
-            vf hn = vfirst((vload_n(h + j, n) - mu) * r, n);
-            vf gh = norm_grad_act(vload_n(dy + j, n), y ? y + j : NULL, hn, ga,
-                                  vload_n(beta + j, n), act, slope, n) * ga;
-            s1 = s1 + gh;
-            s2 = s2 + gh * hn;
+            vf gm = vload_n(gamma + j, n);
+            vf gh = norm_grad(dY, Y, H, gm, vload_n(beta + j, n), mu, rs, act, slope, i * N + j,
+                              n, &hn) * gm;
+            vi in = lanes_in(N, j);
+            s1 = s1 + vselect(in, gh, vsplat(0.0f));
+            s2 = s2 + vselect(in, gh * hn, vsplat(0.0f));
         }
-        float m1 = vsum(s1) * inv_n, m2 = vsum(s2) * inv_n;
+        float a = vsum_tree(s1) * inv_n, c = vsum_tree(s2) * inv_n;
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf ga = vload_n(gamma + j, n);
-            vf hn = (vload_n(h + j, n) - mu) * r;
-            vf gh = norm_grad_act(vload_n(dy + j, n), y ? y + j : NULL, hn, ga,
-                                  vload_n(beta + j, n), act, slope, n) * ga;
-            vstore_n(dh + j, ((gh - m1) - hn * m2) * r, n);
+            vf gm = vload_n(gamma + j, n);
+            vf gh = norm_grad(dY, Y, H, gm, vload_n(beta + j, n), mu, rs, act, slope, i * N + j,
+                              n, &hn) * gm;
+            vstore_n(dH + i * N + j, rs * ((gh - a) - hn * c), n);
         }
     }
 }
 
-/* ---- BatchNorm ------------------------------------------------------------------------------ */
+/* ---- BatchNorm ---------------------------------------------------------------------------- */
 
-/* H[M,N], gamma[N], beta[N] -> Y[M,N] = act(gamma Hn + beta), mean[N], rstd[N] (and the
- * running statistics in training) */
 static void batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
-                              const float *beta, double eps_, int training, double momentum_,
+                              const float *beta, double eps, int training, double momentum,
                               float *running_mean, float *running_var, int act, float slope,
                               float *Y, float *mean, float *rstd, int nthreads)
 {
-    if (N <= 0 || (training && M <= 0)) return;
-    float eps = (float)eps_, mom = (float)momentum_, keep = (float)(1.0 - momentum_);
-    float inv_m = M > 0 ? 1.0f / (float)M : 0.0f;
-    float unbias = M > 1 ? (float)((double)M / (double)(M - 1)) : 1.0f;
-    int update = training && running_mean && running_var;
+    if (M <= 0 || N <= 0) return; /* rule 1 (inference with M == 0 included) */
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
-    /* statistics: column blocks, each column in row order (note c) */
-#pragma omp parallel for num_threads(threads_for_blocks(M * N, nblk, nthreads)) schedule(static)
+    int nt = threads_for(M * N, nthreads);
+    if (nt > nblk) nt = (int)nblk;
+    int update = training && running_mean && running_var;
+    /* PyTorch's BatchNorm1d: running = (1 - momentum) running + momentum batch, the variance
+     * unbiased (M / (M - 1)); the coefficients rounded once from double */
+    float mom = (float)momentum, keep = (float)(1.0 - momentum);
+    float unbias = M > 1 ? (float)((double)M / (double)(M - 1)) : 1.0f;
+    float inv_m = 1.0f / (float)M;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nblk; b++) {
         ptrdiff_t j = b * VLEN;
         int n = (int)(N - j);
-        vf mu, var;
+        vf mu, rs = vsplat(0.0f);
         if (training) {
-            vf s = vsplat(0.0f), q = vsplat(0.0f);
+            vf s = vsplat(0.0f);
             for (ptrdiff_t i = 0; i < M; i++) s = s + vload_n(H + i * N + j, n);
             mu = s * inv_m;
+            vf q = vsplat(0.0f);
             for (ptrdiff_t i = 0; i < M; i++) {
                 vf d = vload_n(H + i * N + j, n) - mu;
                 q = q + d * d;
             }
-            var = q * inv_m;
+            vf var = q * inv_m;
+            for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
             if (update) {
-                vstore_n(running_mean + j, vload_n(running_mean + j, n) * keep + mu * mom, n);
-                vstore_n(running_var + j,
-                         vload_n(running_var + j, n) * keep + (var * unbias) * mom, n);
+                vf rm = vload_n(running_mean + j, n), rv = vload_n(running_var + j, n);
+                vstore_n(running_mean + j, keep * rm + mom * mu, n);
+                vstore_n(running_var + j, keep * rv + mom * (var * unbias), n);
             }
         } else {
             mu = vload_n(running_mean + j, n);
-            var = vload_n(running_var + j, n);
+            vf var = vload_n(running_var + j, n);
+            for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
         }
-        vf r = vsplat(1.0f);
-        for (int l = 0; l < VLEN; l++) r[l] = 1.0f / sqrtf(var[l] + eps);
+        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        /* Y may alias H: the statistics passes are over, each element is read before written */
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf hn = (vload_n(H + i * N + j, n) - mu) * rs;
+            vstore_n(Y + i * N + j, vact_forward(affine(hn, gm, bt), act, slope), n);
+        }
         vstore_n(mean + j, mu, n);
-        vstore_n(rstd + j, r, n);
-    }
-    if (M <= 0) return;
-    /* the normalization and activation: rows, as bias_activation */
-#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < M; i++) {
-        for (ptrdiff_t j = 0; j < N; j += VLEN) {
-            int n = (int)(N - j);
-            vf x = (vload_n(H + i * N + j, n) - vload_n(mean + j, n)) * vload_n(rstd + j, n);
-            vf z = vload_n(gamma + j, n) * x + vload_n(beta + j, n);
-            vstore_n(Y + i * N + j, vact_forward(z, act, slope), n);
-        }
+        vstore_n(rstd + j, rs, n);
     }
 }
 
-/* dY[M,N] -> dH[M,N], dgamma[N], dbeta[N] of a training forward */
 static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
                                const float *H, const float *gamma, const float *beta,
                                const float *mean, const float *rstd, int act, float slope,
                                float *dH, float *dgamma, float *dbeta, int nthreads)
 {
-    if (N <= 0) return;
-    if (M <= 0) {
-        memset(dgamma, 0, (size_t)N * sizeof(float));
-        memset(dbeta, 0, (size_t)N * sizeof(float));
-        return;
-    }
-    norm_column_grads(M, N, dY, Y, H, gamma, beta, mean, rstd, 0, act, slope, dgamma, dbeta,
-                      nthreads);
+    if (M <= 0 || N <= 0) return;
+    ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
+    int nt = threads_for(M * N, nthreads);
+    if (nt > nblk) nt = (int)nblk;
     float inv_m = 1.0f / (float)M;
-#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < M; i++) {
-        for (ptrdiff_t j = 0; j < N; j += VLEN) {
-            int n = (int)(N - j);
-            vf ga = vload_n(gamma + j, n), r = vload_n(rstd + j, n);
-            vf hn = (vload_n(H + i * N + j, n) - vload_n(mean + j, n)) * r;
-            vf g = norm_grad_act(vload_n(dY + i * N + j, n), Y ? Y + i * N + j : NULL, hn, ga,
-                                 vload_n(beta + j, n), act, slope, n);
-            vf c1 = vload_n(dbeta + j, n) * inv_m, c2 = vload_n(dgamma + j, n) * inv_m;
-            vstore_n(dH + i * N + j, (ga * r) * ((g - c1) - hn * c2), n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        ptrdiff_t j = b * VLEN;
+        int n = (int)(N - j);
+        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        vf mu = vload_n(mean + j, n), rs = vload_n(rstd + j, n), hn;
+        vf sg = vsplat(0.0f), sgh = vsplat(0.0f);
+        /* the strip's sums read all of its dY before any dH of it is written (dH may alias dY) */
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf g = norm_grad(dY, Y, H, gm, bt, mu, rs, act, slope, i * N + j, n, &hn);
+            sg = sg + g;
+            sgh = sgh + g * hn;
+        }
+        vstore_n(dbeta + j, sg, n);
+        vstore_n(dgamma + j, sgh, n);
+        vf k = gm * rs, a = sg * inv_m, c = sgh * inv_m;
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf g = norm_grad(dY, Y, H, gm, bt, mu, rs, act, slope, i * N + j, n, &hn);
+            vstore_n(dH + i * N + j, k * ((g - a) - hn * c), n);
         }
     }
 }
 
-/* ---- Global-norm gradient clipping ----------------------------------------------------------- */
+/* ---- Gradient clipping -------------------------------------------------------------------
+ * The sum of squares runs in at most CLIP_BLOCKS blocks of consecutive elements (a count that
+ * depends on n only), each summed in double as VLEN lanes (squares of floats are exact in
+ * double), the lanes as a pairwise tree, then the blocks in order. */
 
 #define CLIP_BLOCKS 256
 
 typedef double vd __attribute__((vector_size(VLEN * sizeof(double))));
 
-/* g[n] -> ||g||, and g scaled to max_norm if larger */
+static inline double vdsum_tree(vd x)
+{
+#pragma GCC unroll 4
+    for (int h = VLEN / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; l++) x[l] = x[l] + x[l + h];
+    return x[0];
+}
+
 static double clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
 {
-    if (n <= 0) return 0.0;
     double part[CLIP_BLOCKS];
-    ptrdiff_t nb = (n + VLEN - 1) / VLEN;
-    if (nb > CLIP_BLOCKS) nb = CLIP_BLOCKS;
-#pragma omp parallel for num_threads(threads_for(n, nthreads)) schedule(static)
+    ptrdiff_t nb = n < CLIP_BLOCKS ? n : CLIP_BLOCKS;
+    if (nb <= 0) return 0.0;
+    int nt = threads_for(n, nthreads);
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nb; b++) {
         ptrdiff_t lo = n * b / nb, hi = n * (b + 1) / nb;
         vd acc = {0};
-        for (ptrdiff_t i = lo; i < hi; i += VLEN) {
-            vd x = __builtin_convertvector(vload_n(g + i, (int)(hi - i)), vd);
+        for (ptrdiff_t k = lo; k < hi; k += VLEN) {
+            vd x = __builtin_convertvector(vload_n(g + k, (int)(hi - k)), vd);
             acc = acc + x * x;
         }
-        double s = 0.0;
-        for (int l = 0; l < VLEN; l++) s += acc[l];
-        part[b] = s;
+        part[b] = vdsum_tree(acc);
     }
     double total = 0.0;
     for (ptrdiff_t b = 0; b < nb; b++) total += part[b];
     double norm = sqrt(total);
-    if (max_norm > 0.0 && norm > max_norm) {
+    if (max_norm > 0.0 && norm > max_norm) { /* false for a NaN norm: g is left as it is */
         float scale = (float)(max_norm / (norm + 1e-6));
-#pragma omp parallel for num_threads(threads_for(n, nthreads)) schedule(static)
-        for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * scale;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (ptrdiff_t k = 0; k < n; k++) g[k] = g[k] * scale;
     }
     return norm;
 }

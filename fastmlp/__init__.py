@@ -5,7 +5,8 @@ Kernels (float32, compiled C with OpenMP, SIMD paths chosen at import):
     softmax_cross_entropy, sigmoid_cross_entropy, mse_loss, poisson_loss,
     sgd_update, rmsprop_update, adam_update,
     sparse_matmul, sparse_matmul_tn (a SciPy CSR / CSC matrix times a dense one, and its weight
-    gradient), layernorm_forward / _backward, batchnorm_forward / _backward (each fused with
+    gradient),
+    layernorm_forward, layernorm_backward, batchnorm_forward, batchnorm_backward (each fused with
     the activation after it), clip_grad_norm (global-norm gradient clipping)
 Their pure-NumPy twins live in fastmlp.reference; fastmlp.testing holds the comparison helper.
 Threads: set_num_threads / get_num_threads. Machine and build: info().
@@ -97,10 +98,9 @@ def __getattr__(name):
 __all__ = [
     "ACTIVATIONS", "MLP", "MLPClassifier", "MLPRegressor", "TrainStep", "load", "optim",
     "activation_backward", "adam_update", "batchnorm_backward", "batchnorm_forward",
-    "bias_activation", "bias_grad", "clip_grad_norm", "core", "layernorm_backward",
-    "layernorm_forward",
-    "get_num_threads", "info", "io", "matmul", "measure_peak_gflops", "model", "mse_loss",
-    "poisson_loss", "profile", "reference", "rmsprop_update", "set_num_threads", "sgd_update",
+    "bias_activation", "bias_grad", "clip_grad_norm", "core", "get_num_threads", "info", "io",
+    "layernorm_backward", "layernorm_forward", "matmul", "measure_peak_gflops", "model",
+    "mse_loss", "poisson_loss", "profile", "reference", "rmsprop_update", "set_num_threads", "sgd_update",
     "sigmoid_cross_entropy", "softmax_cross_entropy", "sparse_matmul", "sparse_matmul_tn",
     "testing",
 ]

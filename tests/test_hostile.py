@@ -127,33 +127,45 @@ def cases():
     add("bias_grad", lambda **k: fastmlp.bias_grad(**k),
         lambda: dict(dz=arr(M, N), out=np.zeros(N, F)),
         dict(dz=arrays_bad((M, N)), out=outputs_bad((N,))))
+    acts_no_none = STR_BAD
     for kind in ("layernorm", "batchnorm"):
-        n_stat = M if kind == "layernorm" else N
-        fwd = dict(h=arrays_bad((M, N)), gamma=arrays_bad((N,)), beta=arrays_bad((N,)),
-                   eps=NUMBERS_BAD + NEGATIVE + [("0", lambda: 0.0)], activation=STR_BAD,
-                   negative_slope=NUMBERS_BAD[:-2], out=outputs_bad((M, N)))
+        extra, extra_bad = {}, {}
         if kind == "batchnorm":
-            fwd.update(momentum=NUMBERS_BAD + NEGATIVE + [("2", lambda: 2.0)],
-                       running_mean=outputs_bad((N,)), running_var=outputs_bad((N,)))
-        add(f"{kind}_forward", lambda f=getattr(fastmlp, f"{kind}_forward"), **k: f(**k),
-            (lambda: dict(h=arr(M, N), gamma=arr(N), beta=arr(N), activation="tanh",
-                          running_mean=np.zeros(N, F), running_var=np.ones(N, F)))
-            if kind == "batchnorm" else
-            (lambda: dict(h=arr(M, N), gamma=arr(N), beta=arr(N), activation="tanh")), fwd)
-        add(f"{kind}_backward", lambda f=getattr(fastmlp, f"{kind}_backward"), **k: f(**k),
-            lambda n_stat=n_stat: dict(dy=arr(M, N), h=arr(M, N), gamma=arr(N), beta=arr(N),
-                                       mean=arr(n_stat), rstd=arr(n_stat), activation="relu",
-                                       y=arr(M, N), out=np.zeros((M, N), F)),
+            extra = dict(training=True, momentum=0.1, running_mean=np.zeros(N, F),
+                         running_var=np.ones(N, F))
+            extra_bad = dict(
+                training=[("str", lambda: "yes"), ("int", lambda: 1), ("None", lambda: None)],
+                momentum=NUMBERS_BAD + NEGATIVE + [("1.5", lambda: 1.5)],
+                running_mean=outputs_bad((N,)), running_var=outputs_bad((N,)))
+        add(f"{kind}_forward", lambda kind=kind, **k: getattr(fastmlp, f"{kind}_forward")(**k),
+            lambda extra=extra: dict(h=arr(M, N), gamma=arr(N), beta=arr(N), eps=1e-5,
+                                     activation="relu", out=np.zeros((M, N), F),
+                                     **{k: v.copy() if hasattr(v, "copy") else v
+                                        for k, v in extra.items()}),
+            dict(h=arrays_bad((M, N)), gamma=arrays_bad((N,)), beta=arrays_bad((N,)),
+                 eps=NUMBERS_BAD + NEGATIVE + [("0", lambda: 0.0)], activation=acts_no_none,
+                 negative_slope=NUMBERS_BAD[:-2], out=outputs_bad((M, N)), **extra_bad))
+        stats = M if kind == "layernorm" else N
+        add(f"{kind}_backward", lambda kind=kind, **k: getattr(fastmlp, f"{kind}_backward")(**k),
+            lambda stats=stats: dict(dy=arr(M, N), h=arr(M, N), gamma=arr(N), beta=arr(N),
+                                     mean=arr(stats), rstd=np.ones(stats, F), activation="tanh",
+                                     y=arr(M, N), out=np.zeros((M, N), F)),
             dict(dy=arrays_bad((M, N)), h=arrays_bad((M, N)), gamma=arrays_bad((N,)),
-                 beta=arrays_bad((N,)), mean=arrays_bad((n_stat,)), rstd=arrays_bad((n_stat,)),
-                 y=arrays_bad((M, N)), activation=STR_BAD, out=outputs_bad((M, N))))
+                 beta=arrays_bad((N,)), mean=arrays_bad((stats,)), rstd=arrays_bad((stats,)),
+                 activation=acts_no_none, y=arrays_bad((M, N)),
+                 negative_slope=NUMBERS_BAD[:-2], out=outputs_bad((M, N))))
+    add("batchnorm_forward inference", lambda **k: fastmlp.batchnorm_forward(**k),
+        lambda: dict(h=arr(M, N), gamma=arr(N), beta=arr(N), training=False,
+                     running_mean=np.zeros(N, F), running_var=np.ones(N, F)),
+        dict(running_mean=arrays_bad((N,)), running_var=arrays_bad((N,))))
+    # max_norm: inf means "only measure" (valid), so the infinite hostile values are left out
     add("clip_grad_norm", lambda **k: fastmlp.clip_grad_norm(**k),
-        lambda: dict(grad=arr(9), max_norm=1.0),
-        # max_norm inf is valid (no clipping)
-        # grad may have any shape (a flat buffer or one array)
-        dict(grad=[v for v in outputs_bad((9,)) if v[0] not in ("rank+1", "wrong shape")],
-             max_norm=[v for v in NUMBERS_BAD[:-1] if v[0] not in (
-            "inf", "numpy inf", "1e400")] + NEGATIVE))
+        lambda: dict(grad=arr(4, 5), max_norm=1.0),
+        dict(grad=[v for v in outputs_bad((4, 5)) if v[0] not in ("rank+1", "wrong shape",
+                                                                   "rank-1")]
+             + [("None", lambda: None)],
+             max_norm=[v for v in NUMBERS_BAD if "inf" not in v[0] and v[0] != "1e400"]
+             + NEGATIVE + [("-inf", lambda: -float("inf"))]))
     labels_bad = [("str", lambda: "x"), ("list", lambda: [0] * M), ("float", lambda: np.zeros(M)),
                   ("bool", lambda: np.zeros(M, bool)), ("2-D", lambda: np.zeros((M, 1), int)),
                   ("short", lambda: np.zeros(M - 1, int)), ("negative", lambda: -np.ones(M, int)),
@@ -236,6 +248,32 @@ def cases():
                 out=y)))(arr(M, N))),
             ("bias_grad out in dz", lambda: (lambda v: dict(_multi=dict(
                 f=fastmlp.bias_grad, dz=v[0], out=v[1])))(buf((M, N), (N,)))),
+            ("layernorm out over gamma", lambda: (lambda o: dict(_multi=dict(
+                f=fastmlp.layernorm_forward, h=arr(M, N), gamma=o[1], beta=arr(N),
+                out=o)))(np.zeros((M, N), F))),
+            ("layernorm out shifted over h", lambda: (lambda v: dict(_multi=dict(
+                f=fastmlp.layernorm_forward, h=v[0], gamma=arr(N), beta=arr(N),
+                out=v[1])))(buf((M, N), (M, N)))),
+            ("batchnorm out over running_var", lambda: (lambda o: dict(_multi=dict(
+                f=fastmlp.batchnorm_forward, h=arr(M, N), gamma=arr(N), beta=arr(N),
+                running_mean=np.zeros(N, F), running_var=o[2], out=o)))(np.ones((M, N), F))),
+            ("batchnorm running_mean is running_var", lambda: (lambda r: dict(_multi=dict(
+                f=fastmlp.batchnorm_forward, h=arr(M, N), gamma=arr(N), beta=arr(N),
+                running_mean=r, running_var=r, out=np.zeros((M, N), F))))(np.ones(N, F))),
+            ("batchnorm running_mean is gamma", lambda: (lambda r: dict(_multi=dict(
+                f=fastmlp.batchnorm_forward, h=arr(M, N), gamma=r, beta=arr(N),
+                running_mean=r, running_var=np.ones(N, F),
+                out=np.zeros((M, N), F))))(np.ones(N, F))),
+            ("layernorm_backward out=h", lambda: (lambda h: dict(_multi=dict(
+                f=fastmlp.layernorm_backward, dy=arr(M, N), h=h, gamma=arr(N), beta=arr(N),
+                mean=arr(M), rstd=np.ones(M, F), out=h)))(arr(M, N))),
+            ("batchnorm_backward out=y", lambda: (lambda y: dict(_multi=dict(
+                f=fastmlp.batchnorm_backward, dy=arr(M, N), h=arr(M, N), gamma=arr(N),
+                beta=arr(N), mean=arr(N), rstd=np.ones(N, F), activation="relu", y=y,
+                out=y)))(arr(M, N))),
+            ("batchnorm_backward out shifted over dy", lambda: (lambda v: dict(_multi=dict(
+                f=fastmlp.batchnorm_backward, dy=v[0], h=arr(M, N), gamma=arr(N),
+                beta=arr(N), mean=arr(N), rstd=np.ones(N, F), out=v[1])))(buf((M, N), (M, N)))),
             ("softmax sample_weight in grad_out", lambda: (lambda g: dict(_multi=dict(
                 f=fastmlp.softmax_cross_entropy, logits=arr(M, N), labels=np.zeros(M, int),
                 sample_weight=g.reshape(-1)[:M], grad_out=g)))(

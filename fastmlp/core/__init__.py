@@ -8,8 +8,9 @@ table are process state of the C library, and a second module would carry a seco
     kernels      matmul, bias_activation, activation_backward, bias_grad,
                  softmax_cross_entropy, sigmoid_cross_entropy, mse_loss, poisson_loss,
                  sgd_update, rmsprop_update, adam_update,
-                 sparse_matmul, sparse_matmul_tn, layernorm_forward, layernorm_backward,
-                 batchnorm_forward, batchnorm_backward, clip_grad_norm   (their names: KERNELS)
+                 sparse_matmul, sparse_matmul_tn,
+                 layernorm_forward, layernorm_backward, batchnorm_forward,
+                 batchnorm_backward, clip_grad_norm   (their names: KERNELS)
     sparse input is_sparse, csr_arrays (a SciPy CSR / CSC matrix as the arrays the sparse
                  kernels read)
     plan         matmul_plan (how matmul runs a product: GEMM_PATHS, threads, blocks)
@@ -45,10 +46,10 @@ from ._native import (
     flat_params,
     gemm_blocks,
     is_sparse,
-    layernorm_backward,
-    layernorm_forward,
     get_isa,
     get_num_threads,
+    layernorm_backward,
+    layernorm_forward,
     local_num_threads,
     matmul,
     matmul_plan,
@@ -73,9 +74,9 @@ machine.configure()
 __all__ = [
     "ACTIVATIONS", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS", "OPTIMIZERS",
     "TrainStep", "local_num_threads", "activation_backward", "adam_update", "batchnorm_backward",
-    "batchnorm_forward", "bias_activation", "bias_grad", "clip_grad_norm", "csr_arrays", "dropout_mask", "flat_buffer", "flat_params", "gemm_blocks",
-    "get_isa", "get_num_threads", "info", "is_sparse", "layernorm_backward",
-    "layernorm_forward", "matmul", "matmul_plan",
+    "batchnorm_forward", "bias_activation", "bias_grad", "clip_grad_norm", "csr_arrays",
+    "dropout_mask", "flat_buffer", "flat_params", "gemm_blocks", "get_isa", "get_num_threads",
+    "info", "is_sparse", "layernorm_backward", "layernorm_forward", "matmul", "matmul_plan",
     "measure_peak_gflops", "mse_loss", "poisson_loss", "reference", "rmsprop_update",
     "set_gemm_blocks", "set_isa", "set_num_threads", "sgd_update", "sigmoid_cross_entropy",
     "softmax_cross_entropy", "sparse_matmul", "sparse_matmul_tn", "supported_isas", "testing",

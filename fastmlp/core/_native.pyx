@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Bindings of the C kernels (csrc/fastmlp.h): validate, release the GIL, call. The sparse first
-layer's bindings (_sparse.pxi), the profiler's (_profile.pxi) and the native training step
-(_train_step.pxi) are included here: one extension module, one copy of the C library's state.
+layer's bindings (_sparse.pxi), the normalization kernels' (_norm.pxi), the profiler's
+(_profile.pxi) and the native training step (_train_step.pxi) are included here: one extension
+module, one copy of the C library's state.
 
 Design notes:
 a) Inputs must be float32 (integer labels excepted): a kernel never converts dtypes behind the

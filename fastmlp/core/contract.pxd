@@ -46,6 +46,11 @@ cdef extern from "fastmlp.h" nogil:
         FM_K_POISSON_LOSS
         FM_K_SPARSE_MATMUL
         FM_K_SPARSE_MATMUL_TN
+        FM_K_LAYERNORM_FORWARD
+        FM_K_LAYERNORM_BACKWARD
+        FM_K_BATCHNORM_FORWARD
+        FM_K_BATCHNORM_BACKWARD
+        FM_K_CLIP_GRAD_NORM
         FM_K_COUNT
 
     enum:
@@ -55,6 +60,7 @@ cdef extern from "fastmlp.h" nogil:
         FM_PROF_MOMENTUM
         FM_PROF_NESTEROV
         FM_PROF_WEIGHT_DECAY
+        FM_PROF_TRAINING
 
     ctypedef struct fm_epilogue:
         const float *bias
@@ -110,6 +116,24 @@ cdef extern from "fastmlp.h" nogil:
                                 const float *Z, int act, float slope, float *dZ, int nthreads)
     void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
 
+    # normalization (fused with the activation after it) and gradient clipping
+    void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                              const float *beta, double eps, int act, float slope, float *Y,
+                              float *mean, float *rstd, int nthreads)
+    void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                               const float *H, const float *gamma, const float *beta,
+                               const float *mean, const float *rstd, int act, float slope,
+                               float *dH, float *dgamma, float *dbeta, int nthreads)
+    void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
+                              const float *beta, double eps, int training, double momentum,
+                              float *running_mean, float *running_var, int act, float slope,
+                              float *Y, float *mean, float *rstd, int nthreads)
+    void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
+                               const float *H, const float *gamma, const float *beta,
+                               const float *mean, const float *rstd, int act, float slope,
+                               float *dH, float *dgamma, float *dbeta, int nthreads)
+    double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
+
     # losses
     int fm_softmax_cross_entropy(ptrdiff_t M, ptrdiff_t N, const float *Z, const int32_t *labels,
                                  const float *w, float *dZ, double *loss, int nthreads)
@@ -128,23 +152,6 @@ cdef extern from "fastmlp.h" nogil:
     void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
                         double lr, double b1, double b2, double eps, double l2, double wd,
                         int nthreads)
-
-    void fm_layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
-                              const float *beta, double eps, int act, float slope, float *Y,
-                              float *mean, float *rstd, int nthreads)
-    void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
-                               const float *H, const float *gamma, const float *beta,
-                               const float *mean, const float *rstd, int act, float slope,
-                               float *dH, float *dgamma, float *dbeta, int nthreads)
-    void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
-                              const float *beta, double eps, int training, double momentum,
-                              float *running_mean, float *running_var, int act, float slope,
-                              float *Y, float *mean, float *rstd, int nthreads)
-    void fm_batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const float *Y,
-                               const float *H, const float *gamma, const float *beta,
-                               const float *mean, const float *rstd, int act, float slope,
-                               float *dH, float *dgamma, float *dbeta, int nthreads)
-    double fm_clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthreads)
 
     # dispatch
     int fm_cpu_supports(int isa)

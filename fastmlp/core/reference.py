@@ -458,97 +458,130 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8
 
 
 # --------------------------------------------------------------------------------------------
-# Normalization (fused with the activation after it) and gradient clipping
+# Normalization, fused with the activation after it; global-norm gradient clipping
 # --------------------------------------------------------------------------------------------
+# Statistics are two-pass, as the kernels': the mean, then the mean of squared deviations from
+# it (var biased). rstd = 1 / sqrt(var + eps). The forward returns (y, mean, rstd), the backward
+# (dh, dgamma, dbeta); all in h's dtype (running statistics are converted to it).
 
 
-def _normalize(h, axis, eps):
-    """(Hn, mean, rstd) of h along axis, two-pass: mean, then the mean of squared deviations."""
-    mean = h.mean(axis=axis, keepdims=True)
-    var = ((h - mean) ** 2).mean(axis=axis, keepdims=True)
-    rstd = 1 / np.sqrt(var + eps)
-    return (h - mean) * rstd, mean, rstd
+def _normalize(h, mean, rstd, axis):
+    """hn = (h - mean) rstd with the statistics broadcast along axis (1: per row, 0: per
+    column)."""
+    if axis == 1:
+        return (h - mean[:, None]) * rstd[:, None]
+    return (h - mean) * rstd
+
+
+def _statistics(h, eps, axis):
+    """(mean, var, rstd) along axis, two-pass; NaN where there is nothing to average."""
+    if h.shape[axis] == 0:
+        nan = np.full(h.shape[1 - axis], np.nan, h.dtype)
+        return nan, nan, nan
+    mean = h.mean(axis=axis)
+    dev = h - (mean[:, None] if axis == 1 else mean)
+    var = (dev * dev).mean(axis=axis)
+    return mean, var, 1 / np.sqrt(var + eps)
+
+
+def _norm_grad(dy, h, gamma, beta, mean, rstd, activation, y, negative_slope, axis):
+    """(g = dy act'(.), hn): act' from y, or for gelu from z = gamma hn + beta."""
+    h = np.asarray(h)
+    hn = _normalize(h, np.asarray(mean, h.dtype), np.asarray(rstd, h.dtype), axis)
+    z = gamma * hn + beta if activation == "gelu" else None
+    return activation_backward(dy, activation, y=y, z=z, negative_slope=negative_slope), hn
 
 
 def layernorm_forward(h, gamma, beta, *, eps=1e-5, activation="identity", negative_slope=0.01,
                       out=None):
-    """LayerNorm over each row, then the activation: y = act(gamma Hn + beta) with
-    Hn = (h - mean_i) rstd_i, rstd = 1 / sqrt(var + eps), var the biased variance of row i.
-    h: (M, N); gamma, beta: (N,). Returns (y, mean (M,), rstd (M,))."""
-    _check_activation(activation)
+    """LayerNorm over each row of h (M, N), fused with an activation:
+    mean_i = mean_j h_ij, var_i = mean_j (h_ij - mean_i)^2, rstd_i = 1 / sqrt(var_i + eps),
+    y = act(gamma (h - mean_i) rstd_i + beta). gamma, beta: (N,). Returns (y, mean, rstd), the
+    statistics (M,); y written into ``out`` (which may be h) if given. Rows of no features
+    (N == 0) have NaN statistics."""
+    _check_activation(activation or "identity")
     h = np.asarray(h)
-    hn, mean, rstd = _normalize(h, 1, eps)
-    y = activation_forward(gamma * hn + beta, activation, negative_slope)
-    return _store(y, out), mean.ravel(), rstd.ravel()
-
-
-def _norm_grad(dy, h, gamma, beta, mean, rstd, axis, activation, y, negative_slope):
-    """(g = dy * act'(z), Hn) of a normalization followed by an activation."""
-    _check_activation(activation)
-    shape = (-1, 1) if axis == 1 else (1, -1)
-    hn = (np.asarray(h) - np.reshape(mean, shape)) * np.reshape(rstd, shape)
-    z = gamma * hn + beta
-    if activation not in ("identity", "gelu") and y is None:
-        raise ValueError(f"the backward of {activation!r} needs y (the forward's output)")
-    g = activation_backward(dy, activation, y=y, z=z, negative_slope=negative_slope)
-    return g, hn
+    mean, _, rstd = _statistics(h, eps, 1)
+    y = activation_forward(gamma * _normalize(h, mean, rstd, 1) + beta, activation or "identity",
+                           negative_slope)
+    return _store(y, out), mean, rstd
 
 
 def layernorm_backward(dy, h, gamma, beta, mean, rstd, *, activation="identity", y=None,
                        negative_slope=0.01, out=None):
-    """Gradients of layernorm_forward: with g = dy * act'(.) and gh = g gamma,
-    dh = rstd (gh - mean_j(gh) - Hn mean_j(gh Hn)), dgamma = sum_i g Hn, dbeta = sum_i g.
-    Returns (dh, dgamma, dbeta)."""
-    g, hn = _norm_grad(dy, h, gamma, beta, mean, rstd, 1, activation, y, negative_slope)
+    """Gradient of layernorm_forward: with g = dy act'(.) (activation_backward's, from y, or for
+    gelu from z = gamma hn + beta), hn = (h - mean) rstd and gh = g gamma:
+    dh = rstd (gh - mean_j(gh) - hn mean_j(gh hn)), dgamma = sum_i g hn, dbeta = sum_i g.
+    Returns (dh, dgamma, dbeta); dh written into ``out`` (which may be dy) if given."""
+    activation = activation or "identity"
+    _check_activation(activation)
+    g, hn = _norm_grad(dy, h, gamma, beta, mean, rstd, activation, y, negative_slope, 1)
     gh = g * gamma
-    dh = (gh - gh.mean(axis=1, keepdims=True)
-          - hn * (gh * hn).mean(axis=1, keepdims=True)) * np.reshape(rstd, (-1, 1))
+    n = max(gh.shape[1], 1)
+    a = gh.sum(axis=1, keepdims=True) / n
+    c = (gh * hn).sum(axis=1, keepdims=True) / n
+    dh = np.asarray(rstd, hn.dtype)[:, None] * (gh - a - hn * c)
     return _store(dh, out), (g * hn).sum(axis=0), g.sum(axis=0)
 
 
 def batchnorm_forward(h, gamma, beta, *, eps=1e-5, training=True, momentum=0.1,
                       running_mean=None, running_var=None, activation="identity",
                       negative_slope=0.01, out=None):
-    """BatchNorm over the batch (each column), then the activation: y = act(gamma Hn + beta).
-    training: the batch's mean and biased variance; running_mean / running_var, if given, are
-    updated in place as PyTorch's BatchNorm1d does: running = (1 - momentum) running +
-    momentum batch, with the unbiased variance var M / (M - 1) (biased for M = 1). Otherwise
-    the running statistics normalize. Returns (y, mean (N,), rstd (N,))."""
+    """BatchNorm over each column of h (M, N), fused with an activation, as PyTorch's
+    BatchNorm1d (affine) followed by the activation.
+
+    training: mean_j = mean_i h_ij, var_j = mean_i (h_ij - mean_j)^2 (biased), and, if given,
+    running_mean = (1 - momentum) running_mean + momentum mean_j and
+    running_var = (1 - momentum) running_var + momentum var_j M / (M - 1) (M == 1: var_j), in
+    place. Inference (training=False): mean_j = running_mean, var_j = running_var.
+    rstd_j = 1 / sqrt(var_j + eps); y = act(gamma (h - mean_j) rstd_j + beta).
+    Returns (y, mean, rstd), the statistics (N,); y written into ``out`` (may be h) if given."""
+    activation = activation or "identity"
     _check_activation(activation)
     h = np.asarray(h)
-    M = h.shape[0]
+    m = h.shape[0]
     if training:
-        hn, mean, rstd = _normalize(h, 0, eps)
-        mean, rstd = mean.ravel(), rstd.ravel()
+        if m == 0:
+            raise ValueError("batchnorm_forward: training needs at least one row")
+        mean, var, rstd = _statistics(h, eps, 0)
         if running_mean is not None:
-            var = ((h - mean) ** 2).mean(axis=0)
-            unbiased = var * (M / (M - 1)) if M > 1 else var
+            unbiased = var * (m / (m - 1)) if m > 1 else var
             running_mean[...] = (1 - momentum) * running_mean + momentum * mean
             running_var[...] = (1 - momentum) * running_var + momentum * unbiased
     else:
-        mean = np.asarray(running_mean).copy()
-        rstd = 1 / np.sqrt(np.asarray(running_var) + eps)
-        hn = (h - mean) * rstd
-    y = activation_forward(gamma * hn + beta, activation, negative_slope)
+        if running_mean is None or running_var is None:
+            raise ValueError("batchnorm_forward: training=False needs running_mean and "
+                             "running_var")
+        mean = np.asarray(running_mean, h.dtype).copy()
+        rstd = 1 / np.sqrt(np.asarray(running_var, h.dtype) + eps)
+    y = activation_forward(gamma * _normalize(h, mean, rstd, 0) + beta, activation,
+                           negative_slope)
     return _store(y, out), mean, rstd
 
 
 def batchnorm_backward(dy, h, gamma, beta, mean, rstd, *, activation="identity", y=None,
                        negative_slope=0.01, out=None):
-    """Gradients of a training batchnorm_forward: with g = dy * act'(.), dbeta = sum_i g,
-    dgamma = sum_i g Hn, dh = gamma rstd (g - dbeta / M - Hn dgamma / M).
-    Returns (dh, dgamma, dbeta)."""
-    g, hn = _norm_grad(dy, h, gamma, beta, mean, rstd, 0, activation, y, negative_slope)
-    M = g.shape[0]
+    """Gradient of a training batchnorm_forward (batch statistics): with g = dy act'(.) and
+    hn = (h - mean) rstd: dbeta = sum_i g, dgamma = sum_i g hn,
+    dh = gamma rstd (g - dbeta / M - hn dgamma / M). Returns (dh, dgamma, dbeta); dh written into
+    ``out`` (which may be dy) if given."""
+    activation = activation or "identity"
+    _check_activation(activation)
+    g, hn = _norm_grad(dy, h, gamma, beta, mean, rstd, activation, y, negative_slope, 0)
+    m = max(g.shape[0], 1)
     dbeta, dgamma = g.sum(axis=0), (g * hn).sum(axis=0)
-    dh = gamma * np.asarray(rstd) * (g - dbeta / M - hn * dgamma / M)
+    dh = gamma * np.asarray(rstd, hn.dtype) * (g - dbeta / m - hn * (dgamma / m))
     return _store(dh, out), dgamma, dbeta
 
 
 def clip_grad_norm(grad, max_norm):
-    """||grad||_2 (in float64); if max_norm > 0 and the norm is larger, grad *= max_norm /
-    (norm + 1e-6) in place. Returns the norm before clipping."""
-    norm = float(np.sqrt(np.sum(np.asarray(grad, dtype=np.float64) ** 2)))
-    if 0 < max_norm < math.inf and norm > max_norm:
-        grad *= grad.dtype.type(max_norm / (norm + 1e-6))
+    """Global-norm clipping in place (PyTorch's clip_grad_norm_): norm = ||grad||_2 in float64;
+    if max_norm > 0 and norm > max_norm, grad *= max_norm / (norm + 1e-6) (the factor rounded
+    to grad's dtype). max_norm 0 or inf only measures. Returns the norm before clipping (NaN if
+    grad holds one; grad is then left as it is)."""
+    g64 = np.asarray(grad, dtype=np.float64)
+    norm = float(np.sqrt((g64 * g64).sum()))
+    if max_norm > 0 and norm > max_norm:
+        with np.errstate(invalid="ignore"):  # an infinite norm: inf * 0 = NaN, as PyTorch's
+            grad *= grad.dtype.type(max_norm / (norm + 1e-6))
     return norm

@@ -20,6 +20,21 @@ Formulas (per call; M x N the output, K the inner dimension, n an optimizer's el
                            data), 8 (M + 1) for indptr, 8 M for rows if given, B (K N), C (M N),
                            bias (N)
     sparse_matmul_tn       2 nnz N flops (K x N the output); the same CSR bytes, D (M N), C (K N)
+    Normalization (M x N = H's shape; A = 1 when an activation is fused, else 0). Flops count
+    each arithmetic step of the definition once per element: the statistics 4 (mean: add;
+    variance: subtract, square, add), normalizing 2 (subtract, multiply), the affine map 2;
+    backward the recomputed Hn 2, act' A, the column sums 3 (dbeta add, dgamma multiply-add).
+    Bytes count every array read or written once (a LayerNorm row and a BatchNorm column strip
+    are re-read from cache between the passes, not from memory):
+    layernorm_forward      (8 + A) M N; reads H, gamma, beta, writes Y, mean, rstd (M each)
+    layernorm_backward     (13 + A) M N (gh 1, the two row means 3, dH 4); reads dY, H, y if
+                           given, gamma, beta, mean, rstd, writes dH, dgamma, dbeta
+    batchnorm_forward      training (flag "training"): (8 + A) M N + 6 N with running
+                           statistics (read and written); inference: (4 + A) M N, reads them;
+                           H, Y, gamma, beta, mean, rstd (N each)
+    batchnorm_backward     (9 + A) M N (dH 4); reads dY, H, y if given, gamma, beta, mean, rstd,
+                           writes dH, dgamma, dbeta
+    clip_grad_norm         2 n (square, add); g read once; clipped: 3 n, g read and written again
 % of peak compares GFLOP/s with the FMA peak measured on this machine (fastmlp.measure_peak_gflops)
 for the ISA and thread count in use.
 """
@@ -57,7 +72,15 @@ def _describe(r):
         return text + (f" +{r['act']}" if r["act"] else "")
     if kernel in ("bias_activation", "activation_backward"):
         return f"{kernel} {r['act'] or 'identity'} {r['m']}x{r['n']}"
-    if kernel in ("sgd_update", "rmsprop_update", "adam_update"):
+    if kernel in ("layernorm_forward", "layernorm_backward", "batchnorm_forward",
+                  "batchnorm_backward"):
+        text = f"{kernel} {r['m']}x{r['n']}"
+        if "training" in r["flags"]:
+            text += " training"
+        elif kernel == "batchnorm_forward":
+            text += " inference"
+        return text + (f" +{r['act']}" if r["act"] else "")
+    if kernel in ("sgd_update", "rmsprop_update", "adam_update", "clip_grad_norm"):
         return f"{kernel} n={r['n']}"
     return f"{kernel} {r['m']}x{r['n']}"
 

@@ -511,3 +511,101 @@ def test_gemm_error_bound_and_bitwise_equal():
         assert_bitwise_equal(np.array([0.0]), np.array([-0.0]))
     with pytest.raises(AssertionError):
         assert_bitwise_equal(np.zeros(2, np.float32), np.zeros(2, np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# Normalization: layernorm / batchnorm backward against central differences of their forward
+# --------------------------------------------------------------------------------------------
+# L = sum(w * y) for a random w, so dy = w; every gradient (h, gamma, beta) is checked against
+# differences of L in float64 with gradcheck's tolerances (FD_TOL). The statistics are
+# recomputed inside each difference: the backward must include the paths through the mean and
+# the variance. relu and leaky_relu are checked at points whose pre-activations are away from
+# the kink (a difference of 1e-6 cannot cross it).
+
+NORM_ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "logistic", "gelu"]
+
+
+def _norm_case(kind, activation, shape=(5, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal(shape) * 2 + 0.5
+    gamma = rng.uniform(0.5, 1.5, shape[1]) * rng.choice([-1, 1], shape[1])
+    beta = rng.standard_normal(shape[1]) * 0.5
+    w = rng.standard_normal(shape)
+    forward = ref.layernorm_forward if kind == "layernorm" else ref.batchnorm_forward
+    backward = ref.layernorm_backward if kind == "layernorm" else ref.batchnorm_backward
+    slope = 0.1
+
+    def fwd(h_, g_, b_):
+        return forward(h_, g_, b_, eps=1e-5, activation=activation, negative_slope=slope)
+
+    # no pre-activation within 1e-3 of relu's kink (the identity forward gives them)
+    z = forward(h, gamma, beta, eps=1e-5)[0]
+    assert np.abs(z).min() > 1e-3, "pick another seed: a pre-activation is at the kink"
+    return h, gamma, beta, w, fwd, backward, slope
+
+
+@pytest.mark.parametrize("activation", NORM_ACTIVATIONS)
+@pytest.mark.parametrize("kind", ["layernorm", "batchnorm"])
+def test_norm_backward_matches_finite_differences(kind, activation):
+    h, gamma, beta, w, fwd, backward, slope = _norm_case(kind, activation)
+    y, mean, rstd = fwd(h, gamma, beta)
+    dh, dgamma, dbeta = backward(w, h, gamma, beta, mean, rstd, activation=activation, y=y,
+                                 negative_slope=slope)
+    loss = lambda y_: float((w * y_).sum())  # noqa: E731
+    assert_close(dh, numeric_grad(lambda x: loss(fwd(x, gamma, beta)[0]), h), **FD_TOL,
+                 name="dh")
+    assert_close(dgamma, numeric_grad(lambda x: loss(fwd(h, x, beta)[0]), gamma), **FD_TOL,
+                 name="dgamma")
+    assert_close(dbeta, numeric_grad(lambda x: loss(fwd(h, gamma, x)[0]), beta), **FD_TOL,
+                 name="dbeta")
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (7, 1), (2, 3)], ids=str)
+def test_norm_backward_finite_differences_small_shapes(shape):
+    """A batch of one row (BatchNorm: hn = 0, var = 0) and rows of one feature (LayerNorm), and
+    M = 2, where one-off errors in the 1/M terms would show."""
+    for kind in ("layernorm", "batchnorm"):
+        rng = np.random.default_rng(3)
+        h = rng.standard_normal(shape)
+        gamma, beta = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+        w = rng.standard_normal(shape)
+        forward = ref.layernorm_forward if kind == "layernorm" else ref.batchnorm_forward
+        backward = ref.layernorm_backward if kind == "layernorm" else ref.batchnorm_backward
+        fwd = lambda h_, g_, b_: forward(h_, g_, b_, eps=1e-3, activation="tanh")  # noqa: E731
+        y, mean, rstd = fwd(h, gamma, beta)
+        dh, dgamma, dbeta = backward(w, h, gamma, beta, mean, rstd, activation="tanh", y=y)
+        loss = lambda y_: float((w * y_).sum())  # noqa: E731
+        assert_close(dh, numeric_grad(lambda x: loss(fwd(x, gamma, beta)[0]), h), **FD_TOL)
+        assert_close(dgamma, numeric_grad(lambda x: loss(fwd(h, x, beta)[0]), gamma), **FD_TOL)
+        assert_close(dbeta, numeric_grad(lambda x: loss(fwd(h, gamma, x)[0]), beta), **FD_TOL)
+
+
+def test_norm_forward_statistics_by_hand():
+    h = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]])
+    ones, zeros = np.ones(4), np.zeros(4)
+    y, mean, rstd = ref.layernorm_forward(h, ones, zeros, eps=0.0 + 1e-12)
+    assert_close(mean, [3.0, 2.0], rtol=1e-15)
+    assert_close(rstd, [1 / np.sqrt(3.5), 0.5], rtol=1e-9)
+    assert_close(y[1], [-1.0, -1.0, 1.0, 1.0], rtol=1e-9)
+    rm, rv = np.zeros(4), np.ones(4)
+    y, mean, rstd = ref.batchnorm_forward(h, ones, zeros, eps=1e-12, momentum=0.25,
+                                          running_mean=rm, running_var=rv)
+    assert_close(mean, [0.5, 1.0, 3.5, 5.0], rtol=1e-15)
+    assert_close(rstd, 1 / np.sqrt([0.25, 1.0, 0.25, 1.0]), rtol=1e-9)
+    # PyTorch's BatchNorm1d: the running variance takes the unbiased batch variance (M / (M-1))
+    assert_close(rm, 0.25 * mean, rtol=1e-15)
+    assert_close(rv, 0.75 + 0.25 * np.array([0.5, 2.0, 0.5, 2.0]), rtol=1e-15)
+    y2, mean2, rstd2 = ref.batchnorm_forward(h, ones, zeros, eps=1e-12, training=False,
+                                             running_mean=rm, running_var=rv)
+    assert_close(mean2, rm, rtol=0)
+    assert_close(rstd2, 1 / np.sqrt(rv + 1e-12), rtol=1e-15)
+
+
+def test_clip_grad_norm_by_hand():
+    g = np.array([3.0, 4.0], np.float32)
+    assert ref.clip_grad_norm(g, 10.0) == 5.0 and list(g) == [3.0, 4.0]
+    assert ref.clip_grad_norm(g, 1.0) == 5.0
+    assert_close(g, np.array([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-7)
+    assert g.dtype == np.float32
+    g = np.array([np.nan, 1.0], np.float32)
+    assert np.isnan(ref.clip_grad_norm(g, 1.0)) and g[1] == 1.0

@@ -160,3 +160,47 @@ def test_table_and_to_dict_hold_the_rows():
     assert sorted(r["name"] for r in d["records"]) == ["bias_activation tanh 16x8",
                                                        "bias_grad 16x8"]
     assert d["total_seconds"] == pytest.approx(sum(r["seconds"] for r in d["records"]))
+
+
+def test_normalization_and_clipping_counted_exactly():
+    """The normalization kernels and clip_grad_norm, by the formulas of profiler.py: the
+    activation is in the key (one more flop per element), a training batchnorm carries the
+    "training" flag, and a clipped gradient costs a second pass."""
+    rng = np.random.default_rng(5)
+    M, N = 24, 10
+    h, dy = randn(rng, M, N), randn(rng, M, N)
+    gamma, beta = randn(rng, N), randn(rng, N)
+    rm, rv = np.zeros(N, np.float32), np.ones(N, np.float32)
+    g = randn(rng, 500)
+    with fastmlp.profile(peak_gflops=PEAK) as prof:
+        y, mean, rstd = fastmlp.layernorm_forward(h, gamma, beta, activation="relu")
+        fastmlp.layernorm_backward(dy, h, gamma, beta, mean, rstd, activation="relu", y=y)
+        fastmlp.layernorm_forward(h, gamma, beta)
+        y, mean, rstd = fastmlp.batchnorm_forward(h, gamma, beta, running_mean=rm,
+                                                  running_var=rv, activation="gelu")
+        fastmlp.batchnorm_backward(dy, h, gamma, beta, mean, rstd, activation="gelu")
+        fastmlp.batchnorm_forward(h, gamma, beta, training=False, running_mean=rm,
+                                  running_var=rv)
+        fastmlp.clip_grad_norm(g, 1e9)                  # measured only
+        fastmlp.clip_grad_norm(g, 1.0)                  # clipped
+    rows = by_key(prof)
+    mn = M * N
+    expect = {
+        ("layernorm_forward", "relu", None, (), M, N, 0): (1, 9 * mn, 4 * (2 * mn + 2 * N + 2 * M)),
+        ("layernorm_forward", None, None, (), M, N, 0): (1, 8 * mn, 4 * (2 * mn + 2 * N + 2 * M)),
+        ("layernorm_backward", "relu", None, (), M, N, 0):
+            (1, 14 * mn, 4 * (4 * mn + 4 * N + 2 * M)),
+        ("batchnorm_forward", "gelu", None, ("training",), M, N, 0):
+            (1, 9 * mn + 6 * N, 4 * (2 * mn + 8 * N)),
+        ("batchnorm_forward", None, None, (), M, N, 0): (1, 4 * mn, 4 * (2 * mn + 6 * N)),
+        ("batchnorm_backward", "gelu", None, (), M, N, 0): (1, 10 * mn, 4 * (3 * mn + 6 * N)),
+    }
+    for key, (calls, flops, nbytes) in expect.items():
+        r = rows.pop(key)
+        assert (r["calls"], r["flops"], r["bytes"]) == (calls, flops, nbytes), key
+    clip = rows.pop(("clip_grad_norm", None, None, (), 0, 500, 0))
+    assert (clip["calls"], clip["flops"], clip["bytes"]) == (2, 5 * 500, 4 * 4 * 500)
+    assert rows == {}
+    names = {r["name"] for r in prof.records}
+    assert {"layernorm_forward 24x10 +relu", "batchnorm_forward 24x10 training +gelu",
+            "batchnorm_forward 24x10 inference", "clip_grad_norm n=500"} <= names
