@@ -172,7 +172,8 @@ void fm_bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthr
  * The backward kernels take dY (the gradient w.r.t. Y) and recompute Hn from H, mean and rstd,
  * and act'(.) from Y (relu, leaky_relu, tanh, logistic) or from z = gamma Hn + beta (gelu):
  * no pre-activation buffer is kept. dH may alias dY; nothing else may overlap an output.
- * dgamma and dbeta are column sums in row order (as fm_bias_grad): OUT, overwritten. */
+ * dgamma and dbeta are column sums in row order (as fm_bias_grad): OUT, overwritten (with M == 0
+ * nothing is written, rule 1: the bindings return zeros). */
 
 /* H[M,N], gamma[N], beta[N] -> Y[M,N] = act(gamma (H - mean_i) rstd_i + beta); mean[M], rstd[M]:
  * OUT, per row, kept for backward. Y may alias H. eps > 0. */
@@ -192,8 +193,11 @@ void fm_layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const floa
  * running_var (INOUT [N]) are not NULL they move as PyTorch's BatchNorm1d moves them:
  * running = (1 - momentum) running + momentum batch, with the unbiased variance
  * var M / (M - 1) (the biased one when M == 1). training == 0: inference, the statistics are
- * the running ones (mean = running_mean, rstd = 1 / sqrt(running_var + eps)), M may be 0, and
- * running_mean, running_var are IN and must not be NULL. Y may alias H. */
+ * the running ones (mean = running_mean, rstd = 1 / sqrt(running_var + eps)), M may be 0 (then,
+ * rule 1, nothing is written, mean and rstd included), and running_mean, running_var are IN and
+ * must not be NULL. rstd is 1 / sqrt(var + eps) evaluated in double and rounded once; the
+ * running update is float32 arithmetic on coefficients rounded once from double (momentum,
+ * 1 - momentum, M / (M - 1)). Y may alias H. */
 void fm_batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const float *gamma,
                           const float *beta, double eps, int training, double momentum,
                           float *running_mean, float *running_var, int act, float slope,

@@ -99,25 +99,34 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
                                float *dH, float *dgamma, float *dbeta, int nthreads)
 {
     if (M <= 0 || N <= 0) return;
-    /* pass 1: dgamma, dbeta; threads take blocks of VLEN columns, each summed in row order. It
-     * reads all of dY before pass 2 writes dH (which may alias it). */
+    /* pass 1: dgamma, dbeta. Each thread owns a range of VLEN-column blocks and sweeps its
+     * rows in order, accumulating in the outputs themselves (L1-resident): every column is
+     * still summed in row order from 0, whatever the ranges, but H, dY and Y are read along
+     * their rows rather than down VLEN-wide strips (a strip per block re-reads every row's
+     * cache lines once per block). It reads all of dY before pass 2 writes dH (which may alias
+     * it): the parallel region ends first. */
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     int nt = threads_for(M * N, nthreads);
     int ntc = nt > nblk ? (int)nblk : nt;
-#pragma omp parallel for num_threads(ntc) schedule(static)
-    for (ptrdiff_t b = 0; b < nblk; b++) {
-        ptrdiff_t j = b * VLEN;
-        int n = (int)(N - j);
-        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
-        vf sg = vsplat(0.0f), sgh = vsplat(0.0f), hn;
-        for (ptrdiff_t i = 0; i < M; i++) {
-            vf g = norm_grad(dY, Y, H, gm, bt, vsplat(mean[i]), vsplat(rstd[i]), act, slope,
-                             i * N + j, n, &hn);
-            sg = sg + g;
-            sgh = sgh + g * hn;
+#pragma omp parallel num_threads(ntc)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        ptrdiff_t j0 = nblk * t / T * VLEN, j1 = nblk * (t + 1) / T * VLEN;
+        if (j1 > N) j1 = N;
+        for (ptrdiff_t j = j0; j < j1; j += VLEN) {
+            vstore_n(dbeta + j, vsplat(0.0f), (int)(N - j));
+            vstore_n(dgamma + j, vsplat(0.0f), (int)(N - j));
         }
-        vstore_n(dbeta + j, sg, n);
-        vstore_n(dgamma + j, sgh, n);
+        for (ptrdiff_t i = 0; i < M; i++) {
+            vf mu = vsplat(mean[i]), rs = vsplat(rstd[i]), hn;
+            for (ptrdiff_t j = j0; j < j1; j += VLEN) {
+                int n = (int)(N - j);
+                vf g = norm_grad(dY, Y, H, vload_n(gamma + j, n), vload_n(beta + j, n), mu, rs,
+                                 act, slope, i * N + j, n, &hn);
+                vstore_n(dbeta + j, vload_n(dbeta + j, n) + g, n);
+                vstore_n(dgamma + j, vload_n(dgamma + j, n) + g * hn, n);
+            }
+        }
     }
     /* pass 2: dH, threads take rows. Per row: the means of gh = g gamma and of gh Hn (lane sums
      * in index order, then vsum_tree), then dH = rstd (gh - mean(gh) - Hn mean(gh Hn)). */
@@ -240,12 +249,19 @@ static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
 
 #define CLIP_BLOCKS 256
 
-typedef double vd __attribute__((vector_size(VLEN * sizeof(double))));
+/* Doubles in a vector of vf's width: VLEN / 2 lanes (a VLEN-lane double vector would be two
+ * registers, which GCC 12 keeps in memory). A vf's squares go to two of them: lanes 0 .. VLEN/2-1
+ * and VLEN/2 .. VLEN-1. */
+typedef double vdh __attribute__((vector_size(sizeof(vf))));
+typedef float vfh __attribute__((vector_size(sizeof(vf) / 2)));
 
-static inline double vdsum_tree(vd x)
+/* The pairwise tree of VLEN double lanes held as lo (lanes l) and hi (lanes VLEN/2 + l): its
+ * first level is lo + hi. */
+static inline double vdsum_tree(vdh lo, vdh hi)
 {
+    vdh x = lo + hi;
 #pragma GCC unroll 4
-    for (int h = VLEN / 2; h >= 1; h /= 2)
+    for (int h = VLEN / 4; h >= 1; h /= 2)
         for (int l = 0; l < h; l++) x[l] = x[l] + x[l + h];
     return x[0];
 }
@@ -259,12 +275,18 @@ static double clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthread
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nb; b++) {
         ptrdiff_t lo = n * b / nb, hi = n * (b + 1) / nb;
-        vd acc = {0};
+        vdh acc_lo = {0}, acc_hi = {0}, x_lo, x_hi;
         for (ptrdiff_t k = lo; k < hi; k += VLEN) {
-            vd x = __builtin_convertvector(vload_n(g + k, (int)(hi - k)), vd);
-            acc = acc + x * x;
+            vf x = hi - k >= VLEN ? vload(g + k) : vload_n(g + k, (int)(hi - k));
+            vfh h_lo, h_hi;
+            memcpy(&h_lo, &x, sizeof h_lo);
+            memcpy(&h_hi, (const char *)&x + sizeof h_lo, sizeof h_hi);
+            x_lo = __builtin_convertvector(h_lo, vdh);
+            x_hi = __builtin_convertvector(h_hi, vdh);
+            acc_lo = acc_lo + x_lo * x_lo;
+            acc_hi = acc_hi + x_hi * x_hi;
         }
-        part[b] = vdsum_tree(acc);
+        part[b] = vdsum_tree(acc_lo, acc_hi);
     }
     double total = 0.0;
     for (ptrdiff_t b = 0; b < nb; b++) total += part[b];

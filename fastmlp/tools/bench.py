@@ -277,9 +277,64 @@ def _train_step_case(rng):
     return Case(name, "train step", lambda: step.run(x, labels, lr=1e-6), reference_step)
 
 
+# The normalization cases' shape: a hidden layer of 512 units at a batch of 256.
+NORM_SHAPE = (256, 512)
+
+
+def _norm_pass(k, kind, fused, h, gamma, beta, dy, bufs, **fwd_kw):
+    """One forward and backward of a normalization followed by relu, with the kernels (or
+    twins) of k: fused (one call each way, act=relu) or unfused (the norm alone, then
+    bias_activation relu; backward activation_backward relu, then the norm's backward). The
+    outputs go to preallocated buffers on both sides."""
+    forward, backward = getattr(k, f"{kind}_forward"), getattr(k, f"{kind}_backward")
+    y, z, dz, dh = bufs
+
+    def run():
+        if fused:
+            _, mean, rstd = forward(h, gamma, beta, activation="relu", out=y, **fwd_kw)
+            backward(dy, h, gamma, beta, mean, rstd, activation="relu", y=y, out=dh)
+        else:
+            _, mean, rstd = forward(h, gamma, beta, out=z, **fwd_kw)
+            k.bias_activation(z, None, "relu", out=y)
+            k.activation_backward(dy, "relu", y=y, out=dz)
+            backward(dz, h, gamma, beta, mean, rstd, out=dh)
+    return run
+
+
+def _norm_cases(rng):
+    """LayerNorm and BatchNorm (training, running statistics) with relu, forward + backward,
+    fused into the norm's kernels against the unfused sequence of four kernels, both against the
+    NumPy reference: the fused pair saves the pre-activation's write and two reads of the
+    intermediate arrays."""
+    m, n = NORM_SHAPE
+    h = rng.standard_normal((m, n), np.float32) * 2 + 1
+    gamma = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    beta = rng.standard_normal(n, np.float32)
+    dy = rng.standard_normal((m, n), np.float32)
+    cases = []
+    for kind in ("layernorm", "batchnorm"):
+        for fused in (True, False):
+            sides = []
+            for k in (core, ref):
+                bufs = [np.empty((m, n), np.float32) for _ in range(4)]
+                kw = {}
+                if kind == "batchnorm":   # separate running statistics per side
+                    kw = dict(running_mean=np.zeros(n, np.float32),
+                              running_var=np.ones(n, np.float32))
+                sides.append(_norm_pass(k, kind, fused, h, gamma, beta, dy, bufs, **kw))
+            name = f"{kind}+relu fwd+bwd {m}x{n} {'fused' if fused else 'unfused'}"
+            cases.append(Case(name, "normalization", *sides))
+    g = rng.standard_normal(LAYERS[0] * LAYERS[1], np.float32)
+    cases.append(Case(f"clip_grad_norm n={g.size}", "optimizer",
+                      *(_bind(k.clip_grad_norm, g, 0.0) for k in (core, ref))))
+    return cases
+
+
 def cases(rng):
-    """Every benchmark case: products, elementwise kernels, losses, optimizers, a train step."""
-    return _matmul_cases(rng) + _elementwise_cases(rng) + [_train_step_case(rng)]
+    """Every benchmark case: products, elementwise kernels, losses, optimizers, normalization
+    (fused and unfused with relu), a train step."""
+    return (_matmul_cases(rng) + _elementwise_cases(rng) + _norm_cases(rng)
+            + [_train_step_case(rng)])
 
 
 # ---- running --------------------------------------------------------------------------------
@@ -330,7 +385,8 @@ def plot(results, ctx, path):
     names = [r["name"] for r in results][::-1]     # first case at the top
     speedups = [r["speedup_vs_reference"] for r in results][::-1]
     colours = {"matmul": "tab:blue", "elementwise": "tab:orange", "loss": "tab:green",
-               "optimizer": "tab:purple", "train step": "tab:red"}
+               "optimizer": "tab:purple", "normalization": "tab:brown",
+               "train step": "tab:red"}
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(names) + 1.6))
     bars = ax.barh(names, speedups, color=[colours.get(r["group"], "grey")
                                            for r in results][::-1])
