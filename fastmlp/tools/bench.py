@@ -239,9 +239,10 @@ def _adam(k, rng, n):
     return lambda: k.adam_update(p, g, m, v, step=1, lr=1e-6)
 
 
-def _train_step_case(rng):
-    """One Adam training step of LAYERS (relu, softmax) on a batch: fastmlp's native TrainStep
-    against the same step written with the NumPy reference kernels."""
+def _train_step_case(rng, norm=None):
+    """One Adam training step of LAYERS (relu, softmax) on a batch, with LayerNorm before each
+    hidden relu if norm == "layer": fastmlp's native TrainStep against the same step written
+    with the NumPy reference kernels."""
     x = rng.random((BATCH, LAYERS[0]), np.float32)
     labels = rng.integers(0, LAYERS[-1], BATCH).astype(np.int32)
     n_hidden = len(LAYERS) - 2
@@ -251,29 +252,50 @@ def _train_step_case(rng):
         for n_in, n_out in zip(LAYERS[:-1], LAYERS[1:]):
             out += [rng.standard_normal((n_in, n_out), np.float32) * np.float32(
                 np.sqrt(2 / n_in)), np.zeros(n_out, np.float32)]
+        if norm:
+            for n in LAYERS[1:-1]:
+                out += [np.ones(n, np.float32), np.zeros(n, np.float32)]
         return out
 
     step = core.TrainStep(core.flat_params(params()), ["relu"] * n_hidden,
-                          "softmax_cross_entropy", BATCH)
+                          "softmax_cross_entropy", BATCH, normalization=norm)
     ref_params = params()
     ref_state = [(np.zeros_like(p), np.zeros_like(p)) for p in ref_params]
+    L = len(LAYERS) - 1
 
     def reference_step():
-        acts = [x]
-        for l in range(len(LAYERS) - 1):
+        acts, saved = [x], []
+        for l in range(L):
             W, b = ref_params[2 * l], ref_params[2 * l + 1]
-            acts.append(ref.matmul(acts[-1], W, bias=b,
-                                   activation="relu" if l < n_hidden else None))
+            if norm and l < n_hidden:
+                g, be = ref_params[2 * L + 2 * l], ref_params[2 * L + 2 * l + 1]
+                h = ref.matmul(acts[-1], W, bias=b)
+                y, mu, r = ref.layernorm_forward(h, g, be, activation="relu")
+                saved.append((h, mu, r))
+                acts.append(y)
+            else:
+                acts.append(ref.matmul(acts[-1], W, bias=b,
+                                       activation="relu" if l < n_hidden else None))
         _, d = ref.softmax_cross_entropy(acts[-1], labels)
-        for l in range(len(LAYERS) - 2, -1, -1):
-            W, b = ref_params[2 * l], ref_params[2 * l + 1]
-            dW, db = ref.matmul(acts[l], d, trans_a=True), ref.bias_grad(d)
-            if l > 0:
-                d = ref.matmul(d, W, trans_b=True, grad_activation="relu", y=acts[l])
-            for p, g, (m, v) in ((W, dW, ref_state[2 * l]), (b, db, ref_state[2 * l + 1])):
-                ref.adam_update(p, g, m, v, step=1, lr=1e-6)
+        grads = [None] * len(ref_params)
+        for l in range(L - 1, -1, -1):
+            grads[2 * l], grads[2 * l + 1] = ref.matmul(acts[l], d, trans_a=True), \
+                ref.bias_grad(d)
+            if l > 0 and norm:
+                h, mu, r = saved[l - 1]
+                j = 2 * L + 2 * (l - 1)
+                d = ref.matmul(d, ref_params[2 * l], trans_b=True)
+                d, grads[j], grads[j + 1] = ref.layernorm_backward(
+                    d, h, ref_params[j], ref_params[j + 1], mu, r, activation="relu",
+                    y=acts[l])
+            elif l > 0:
+                d = ref.matmul(d, ref_params[2 * l], trans_b=True, grad_activation="relu",
+                               y=acts[l])
+        for p, g, (m, v) in zip(ref_params, grads, ref_state):
+            ref.adam_update(p, g, m, v, step=1, lr=1e-6)
 
-    name = f"train step {'-'.join(map(str, LAYERS))} batch {BATCH} adam"
+    name = (f"train step {'-'.join(map(str, LAYERS))} batch {BATCH} adam"
+            f"{' layernorm' if norm else ''}")
     return Case(name, "train step", lambda: step.run(x, labels, lr=1e-6), reference_step)
 
 
@@ -332,9 +354,9 @@ def _norm_cases(rng):
 
 def cases(rng):
     """Every benchmark case: products, elementwise kernels, losses, optimizers, normalization
-    (fused and unfused with relu), a train step."""
+    (fused and unfused with relu), a train step without and with LayerNorm."""
     return (_matmul_cases(rng) + _elementwise_cases(rng) + _norm_cases(rng)
-            + [_train_step_case(rng)])
+            + [_train_step_case(rng), _train_step_case(rng, "layer")])
 
 
 # ---- running --------------------------------------------------------------------------------
