@@ -71,19 +71,20 @@ static void layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
                               float *mean, float *rstd, int nthreads)
 {
     if (M <= 0 || N <= 0) return; /* rule 1 */
-    float inv_n = 1.0f / (float)N;
+    float fn = (float)N; /* a division per row: one rounding, where a product with a rounded
+                          * reciprocal would take two */
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         const float *h = H + i * N;
         vf s = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) s = s + vld(h + j, (int)(N - j));
-        float mu = vsum_tree(s) * inv_n;
+        float mu = vsum_tree(s) / fn;
         vf q = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             vf d = vld(h + j, (int)(N - j)) - mu;
             q = q + vselect(lanes_in(N, j), d * d, vsplat(0.0f));
         }
-        float rs = rstd_of(vsum_tree(q) * inv_n, eps);
+        float rs = rstd_of(vsum_tree(q) / fn, eps);
         /* Y may alias H: each element is read before it is written, the statistics are done */
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
@@ -117,8 +118,8 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
     /* pass 1: dgamma, dbeta. Each thread owns a range of VLEN-column blocks and sweeps its
      * rows in order, accumulating in the outputs themselves (L1-resident): every column is
      * still summed in row order from 0, whatever the ranges, but H, dY and Y are read along
-     * their rows rather than down VLEN-wide strips (a strip per block re-reads every row's
-     * cache lines once per block). It reads all of dY before pass 2 writes dH (which may alias
+     * their rows rather than down VLEN-wide strips (narrower than a cache line on AVX2 and the
+     * generic path, so that each line would be fetched once per block). It reads all of dY before pass 2 writes dH (which may alias
      * it): the parallel region ends first. */
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     int nt = threads_for(M * N, nthreads);
@@ -145,7 +146,7 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
     }
     /* pass 2: dH, threads take rows. Per row: the means of gh = g gamma and of gh Hn (lane sums
      * in index order, then vsum_tree), then dH = rstd (gh - mean(gh) - Hn mean(gh Hn)). */
-    float inv_n = 1.0f / (float)N;
+    float fn = (float)N;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         vf mu = vsplat(mean[i]), rs = vsplat(rstd[i]), hn;
@@ -159,7 +160,7 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
             s1 = s1 + vselect(in, gh, vsplat(0.0f));
             s2 = s2 + vselect(in, gh * hn, vsplat(0.0f));
         }
-        float a = vsum_tree(s1) * inv_n, c = vsum_tree(s2) * inv_n;
+        float a = vsum_tree(s1) / fn, c = vsum_tree(s2) / fn;
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
             vf gm = vld(gamma + j, n);
@@ -186,7 +187,7 @@ static void batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
      * unbiased (M / (M - 1)); the coefficients rounded once from double */
     float mom = (float)momentum, keep = (float)(1.0 - momentum);
     float unbias = M > 1 ? (float)((double)M / (double)(M - 1)) : 1.0f;
-    float inv_m = 1.0f / (float)M;
+    float fm = (float)M; /* divisions, as LayerNorm's */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nblk; b++) {
         ptrdiff_t j = b * VLEN;
@@ -195,13 +196,13 @@ static void batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
         if (training) {
             vf s = vsplat(0.0f);
             for (ptrdiff_t i = 0; i < M; i++) s = s + vld(H + i * N + j, n);
-            mu = s * inv_m;
+            mu = s / fm;
             vf q = vsplat(0.0f);
             for (ptrdiff_t i = 0; i < M; i++) {
                 vf d = vld(H + i * N + j, n) - mu;
                 q = q + d * d;
             }
-            vf var = q * inv_m;
+            vf var = q / fm;
             for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
             if (update) {
                 vf rm = vld(running_mean + j, n), rv = vld(running_var + j, n);
@@ -233,7 +234,7 @@ static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     int nt = threads_for(M * N, nthreads);
     if (nt > nblk) nt = (int)nblk;
-    float inv_m = 1.0f / (float)M;
+    float fm = (float)M;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nblk; b++) {
         ptrdiff_t j = b * VLEN;
@@ -249,7 +250,7 @@ static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
         }
         vst(dbeta + j, sg, n);
         vst(dgamma + j, sgh, n);
-        vf k = gm * rs, a = sg * inv_m, c = sgh * inv_m;
+        vf k = gm * rs, a = sg / fm, c = sgh / fm;
         for (ptrdiff_t i = 0; i < M; i++) {
             vf g = norm_grad(dY, Y, H, gm, bt, mu, rs, act, slope, i * N + j, n, &hn);
             vst(dH + i * N + j, k * ((g - a) - hn * c), n);
