@@ -27,9 +27,21 @@
  *     strip) end before any dH element they need is written.
  *  e) rstd = 1 / sqrt(var + eps) is computed in double from the float32 variance and rounded
  *     once (eps comes in double, as the optimizers' hyperparameters do).
- *  f) Padding lanes past N (vload_n zeroes them) are masked out of every row sum: 0 - mean is not
- *     0. Column sums never mix lanes, so the padding lanes of BatchNorm are never stored.
+ *  f) Padding lanes past N (vload_n, and so vld, zeroes them) are masked out of every row sum:
+ *     0 - mean is not 0. Column sums never mix lanes, so BatchNorm's padding lanes are never
+ *     stored.
  */
+
+/* vload_n / vstore_n, with whole vectors through the plain load and store: the generic path's
+ * masked forms are variable-length memcpy calls (the same values either way). */
+static inline vf vld(const float *p, int n) { return n >= VLEN ? vload(p) : vload_n(p, n); }
+static inline void vst(float *p, vf x, int n)
+{
+    if (n >= VLEN)
+        vstore(p, x);
+    else
+        vstore_n(p, x, n);
+}
 
 /* x's lanes added as the pairwise tree that adds lane l and l + VLEN/2 first, then l + VLEN/4,
  * ... (the tree of gemm_dot.h's vsum_lanes, on one vector). */
@@ -41,7 +53,10 @@ static inline float vsum_tree(vf x)
     return x[0];
 }
 
-static inline float rstd_of(float var, double eps) { return (float)(1.0 / sqrt((double)var + eps)); }
+static inline float rstd_of(float var, double eps)
+{
+    return (float)(1.0 / sqrt((double)var + eps));
+}
 
 /* The lanes of a vector starting at column j of an N-wide row that hold columns. */
 static inline vi lanes_in(ptrdiff_t N, ptrdiff_t j) { return viota() < (int32_t)(N - j); }
@@ -56,25 +71,26 @@ static void layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
                               float *mean, float *rstd, int nthreads)
 {
     if (M <= 0 || N <= 0) return; /* rule 1 */
-    float inv_n = 1.0f / (float)N;
+    float fn = (float)N; /* a division per row: one rounding, where a product with a rounded
+                          * reciprocal would take two */
 #pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         const float *h = H + i * N;
         vf s = vsplat(0.0f);
-        for (ptrdiff_t j = 0; j < N; j += VLEN) s = s + vload_n(h + j, (int)(N - j));
-        float mu = vsum_tree(s) * inv_n;
+        for (ptrdiff_t j = 0; j < N; j += VLEN) s = s + vld(h + j, (int)(N - j));
+        float mu = vsum_tree(s) / fn;
         vf q = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
-            vf d = vload_n(h + j, (int)(N - j)) - mu;
+            vf d = vld(h + j, (int)(N - j)) - mu;
             q = q + vselect(lanes_in(N, j), d * d, vsplat(0.0f));
         }
-        float rs = rstd_of(vsum_tree(q) * inv_n, eps);
+        float rs = rstd_of(vsum_tree(q) / fn, eps);
         /* Y may alias H: each element is read before it is written, the statistics are done */
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf hn = (vload_n(h + j, n) - mu) * rs;
-            vf z = affine(hn, vload_n(gamma + j, n), vload_n(beta + j, n));
-            vstore_n(Y + i * N + j, vact_forward(z, act, slope), n);
+            vf hn = (vld(h + j, n) - mu) * rs;
+            vf z = affine(hn, vld(gamma + j, n), vld(beta + j, n));
+            vst(Y + i * N + j, vact_forward(z, act, slope), n);
         }
         mean[i] = mu;
         rstd[i] = rs;
@@ -85,9 +101,9 @@ static void layernorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
 static inline vf norm_grad(const float *dY, const float *Y, const float *H, vf gm, vf bt,
                            vf mu, vf rs, int act, float slope, ptrdiff_t off, int n, vf *hn_out)
 {
-    vf hn = (vload_n(H + off, n) - mu) * rs;
-    vf dy = vload_n(dY + off, n);
-    vf y = Y ? vload_n(Y + off, n) : vsplat(0.0f);
+    vf hn = (vld(H + off, n) - mu) * rs;
+    vf dy = vld(dY + off, n);
+    vf y = Y ? vld(Y + off, n) : vsplat(0.0f);
     vf z = act == FM_ACT_GELU ? affine(hn, gm, bt) : vsplat(0.0f);
     *hn_out = hn;
     return vact_backward(dy, y, z, act, slope);
@@ -102,8 +118,8 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
     /* pass 1: dgamma, dbeta. Each thread owns a range of VLEN-column blocks and sweeps its
      * rows in order, accumulating in the outputs themselves (L1-resident): every column is
      * still summed in row order from 0, whatever the ranges, but H, dY and Y are read along
-     * their rows rather than down VLEN-wide strips (a strip per block re-reads every row's
-     * cache lines once per block). It reads all of dY before pass 2 writes dH (which may alias
+     * their rows rather than down VLEN-wide strips (narrower than a cache line on AVX2 and the
+     * generic path, so that each line would be fetched once per block). It reads all of dY before pass 2 writes dH (which may alias
      * it): the parallel region ends first. */
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     int nt = threads_for(M * N, nthreads);
@@ -114,43 +130,43 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
         ptrdiff_t j0 = nblk * t / T * VLEN, j1 = nblk * (t + 1) / T * VLEN;
         if (j1 > N) j1 = N;
         for (ptrdiff_t j = j0; j < j1; j += VLEN) {
-            vstore_n(dbeta + j, vsplat(0.0f), (int)(N - j));
-            vstore_n(dgamma + j, vsplat(0.0f), (int)(N - j));
+            vst(dbeta + j, vsplat(0.0f), (int)(N - j));
+            vst(dgamma + j, vsplat(0.0f), (int)(N - j));
         }
         for (ptrdiff_t i = 0; i < M; i++) {
             vf mu = vsplat(mean[i]), rs = vsplat(rstd[i]), hn;
             for (ptrdiff_t j = j0; j < j1; j += VLEN) {
                 int n = (int)(N - j);
-                vf g = norm_grad(dY, Y, H, vload_n(gamma + j, n), vload_n(beta + j, n), mu, rs,
+                vf g = norm_grad(dY, Y, H, vld(gamma + j, n), vld(beta + j, n), mu, rs,
                                  act, slope, i * N + j, n, &hn);
-                vstore_n(dbeta + j, vload_n(dbeta + j, n) + g, n);
-                vstore_n(dgamma + j, vload_n(dgamma + j, n) + g * hn, n);
+                vst(dbeta + j, vld(dbeta + j, n) + g, n);
+                vst(dgamma + j, vld(dgamma + j, n) + g * hn, n);
             }
         }
     }
     /* pass 2: dH, threads take rows. Per row: the means of gh = g gamma and of gh Hn (lane sums
      * in index order, then vsum_tree), then dH = rstd (gh - mean(gh) - Hn mean(gh Hn)). */
-    float inv_n = 1.0f / (float)N;
+    float fn = (float)N;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t i = 0; i < M; i++) {
         vf mu = vsplat(mean[i]), rs = vsplat(rstd[i]), hn;
         vf s1 = vsplat(0.0f), s2 = vsplat(0.0f);
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf gm = vload_n(gamma + j, n);
-            vf gh = norm_grad(dY, Y, H, gm, vload_n(beta + j, n), mu, rs, act, slope, i * N + j,
+            vf gm = vld(gamma + j, n);
+            vf gh = norm_grad(dY, Y, H, gm, vld(beta + j, n), mu, rs, act, slope, i * N + j,
                               n, &hn) * gm;
             vi in = lanes_in(N, j);
             s1 = s1 + vselect(in, gh, vsplat(0.0f));
             s2 = s2 + vselect(in, gh * hn, vsplat(0.0f));
         }
-        float a = vsum_tree(s1) * inv_n, c = vsum_tree(s2) * inv_n;
+        float a = vsum_tree(s1) / fn, c = vsum_tree(s2) / fn;
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf gm = vload_n(gamma + j, n);
-            vf gh = norm_grad(dY, Y, H, gm, vload_n(beta + j, n), mu, rs, act, slope, i * N + j,
+            vf gm = vld(gamma + j, n);
+            vf gh = norm_grad(dY, Y, H, gm, vld(beta + j, n), mu, rs, act, slope, i * N + j,
                               n, &hn) * gm;
-            vstore_n(dH + i * N + j, rs * ((gh - a) - hn * c), n);
+            vst(dH + i * N + j, rs * ((gh - a) - hn * c), n);
         }
     }
 }
@@ -171,7 +187,7 @@ static void batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
      * unbiased (M / (M - 1)); the coefficients rounded once from double */
     float mom = (float)momentum, keep = (float)(1.0 - momentum);
     float unbias = M > 1 ? (float)((double)M / (double)(M - 1)) : 1.0f;
-    float inv_m = 1.0f / (float)M;
+    float fm = (float)M; /* divisions, as LayerNorm's */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nblk; b++) {
         ptrdiff_t j = b * VLEN;
@@ -179,33 +195,33 @@ static void batchnorm_forward(ptrdiff_t M, ptrdiff_t N, const float *H, const fl
         vf mu, rs = vsplat(0.0f);
         if (training) {
             vf s = vsplat(0.0f);
-            for (ptrdiff_t i = 0; i < M; i++) s = s + vload_n(H + i * N + j, n);
-            mu = s * inv_m;
+            for (ptrdiff_t i = 0; i < M; i++) s = s + vld(H + i * N + j, n);
+            mu = s / fm;
             vf q = vsplat(0.0f);
             for (ptrdiff_t i = 0; i < M; i++) {
-                vf d = vload_n(H + i * N + j, n) - mu;
+                vf d = vld(H + i * N + j, n) - mu;
                 q = q + d * d;
             }
-            vf var = q * inv_m;
+            vf var = q / fm;
             for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
             if (update) {
-                vf rm = vload_n(running_mean + j, n), rv = vload_n(running_var + j, n);
-                vstore_n(running_mean + j, keep * rm + mom * mu, n);
-                vstore_n(running_var + j, keep * rv + mom * (var * unbias), n);
+                vf rm = vld(running_mean + j, n), rv = vld(running_var + j, n);
+                vst(running_mean + j, keep * rm + mom * mu, n);
+                vst(running_var + j, keep * rv + mom * (var * unbias), n);
             }
         } else {
-            mu = vload_n(running_mean + j, n);
-            vf var = vload_n(running_var + j, n);
+            mu = vld(running_mean + j, n);
+            vf var = vld(running_var + j, n);
             for (int l = 0; l < VLEN; l++) rs[l] = rstd_of(var[l], eps);
         }
-        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
+        vf gm = vld(gamma + j, n), bt = vld(beta + j, n);
         /* Y may alias H: the statistics passes are over, each element is read before written */
         for (ptrdiff_t i = 0; i < M; i++) {
-            vf hn = (vload_n(H + i * N + j, n) - mu) * rs;
-            vstore_n(Y + i * N + j, vact_forward(affine(hn, gm, bt), act, slope), n);
+            vf hn = (vld(H + i * N + j, n) - mu) * rs;
+            vst(Y + i * N + j, vact_forward(affine(hn, gm, bt), act, slope), n);
         }
-        vstore_n(mean + j, mu, n);
-        vstore_n(rstd + j, rs, n);
+        vst(mean + j, mu, n);
+        vst(rstd + j, rs, n);
     }
 }
 
@@ -218,13 +234,13 @@ static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     int nt = threads_for(M * N, nthreads);
     if (nt > nblk) nt = (int)nblk;
-    float inv_m = 1.0f / (float)M;
+    float fm = (float)M;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t b = 0; b < nblk; b++) {
         ptrdiff_t j = b * VLEN;
         int n = (int)(N - j);
-        vf gm = vload_n(gamma + j, n), bt = vload_n(beta + j, n);
-        vf mu = vload_n(mean + j, n), rs = vload_n(rstd + j, n), hn;
+        vf gm = vld(gamma + j, n), bt = vld(beta + j, n);
+        vf mu = vld(mean + j, n), rs = vld(rstd + j, n), hn;
         vf sg = vsplat(0.0f), sgh = vsplat(0.0f);
         /* the strip's sums read all of its dY before any dH of it is written (dH may alias dY) */
         for (ptrdiff_t i = 0; i < M; i++) {
@@ -232,12 +248,12 @@ static void batchnorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
             sg = sg + g;
             sgh = sgh + g * hn;
         }
-        vstore_n(dbeta + j, sg, n);
-        vstore_n(dgamma + j, sgh, n);
-        vf k = gm * rs, a = sg * inv_m, c = sgh * inv_m;
+        vst(dbeta + j, sg, n);
+        vst(dgamma + j, sgh, n);
+        vf k = gm * rs, a = sg / fm, c = sgh / fm;
         for (ptrdiff_t i = 0; i < M; i++) {
             vf g = norm_grad(dY, Y, H, gm, bt, mu, rs, act, slope, i * N + j, n, &hn);
-            vstore_n(dH + i * N + j, k * ((g - a) - hn * c), n);
+            vst(dH + i * N + j, k * ((g - a) - hn * c), n);
         }
     }
 }
@@ -277,7 +293,7 @@ static double clip_grad_norm(ptrdiff_t n, float *g, double max_norm, int nthread
         ptrdiff_t lo = n * b / nb, hi = n * (b + 1) / nb;
         vdh acc_lo = {0}, acc_hi = {0}, x_lo, x_hi;
         for (ptrdiff_t k = lo; k < hi; k += VLEN) {
-            vf x = hi - k >= VLEN ? vload(g + k) : vload_n(g + k, (int)(hi - k));
+            vf x = vld(g + k, (int)(hi - k));
             vfh h_lo, h_hi;
             memcpy(&h_lo, &x, sizeof h_lo);
             memcpy(&h_hi, (const char *)&x + sizeof h_lo, sizeof h_hi);
