@@ -758,8 +758,7 @@ cdef class TrainStep:
             self._update_range(nw, nl, lr, 0.0, wd, nt)
             self._update_range(nl, n, lr, self.l2, wd, nt)
         elif self.l2 == 0 and (wd == 0 or nl == n):
-            self._update_range(0, nl, lr, 0.0, wd, nt)
-            self._update_range(nl, n, lr, 0.0, 0.0, nt)
+            self._update_range(0, n, lr, 0.0, wd, nt)      # one pass over everything
         else:
             self._update_range(0, nw, lr, self.l2, wd, nt)
             self._update_range(nw, nl, lr, 0.0, wd, nt)
