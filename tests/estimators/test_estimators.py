@@ -531,3 +531,18 @@ def test_normalization_parameter_errors(clf_data):
     # LayerNorm's full-batch objective is well defined: lbfgs trains it
     assert MLPClassifier((8,), solver="lbfgs", normalization="layer", max_iter=100,
                          random_state=0).fit(X, y).score(X, y) > 0.8
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_normalized_fits_bitwise_identical_for_1_2_3_threads(norm):
+    # layers wide enough (200 x 512 per batch) that the kernels split their work over threads
+    X, y = make_classification(1000, 40, n_informative=20, n_classes=4, random_state=1)
+    params = dict(hidden_layer_sizes=(512, 256), normalization=norm, clip_grad_norm=1.0,
+                  max_iter=2, random_state=3)
+    fits = [MLPClassifier(**params, n_threads=t).fit(X, y) for t in (1, 2, 3)]
+    for other in fits[1:]:
+        for a, b in zip(fits[0].coefs_ + fits[0].intercepts_ + fits[0].norm_params_
+                        + fits[0].running_stats_,
+                        other.coefs_ + other.intercepts_ + other.norm_params_
+                        + other.running_stats_):
+            assert_bitwise_equal(a, b)
