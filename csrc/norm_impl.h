@@ -119,8 +119,8 @@ static void layernorm_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const 
      * rows in order, accumulating in the outputs themselves (L1-resident): every column is
      * still summed in row order from 0, whatever the ranges, but H, dY and Y are read along
      * their rows rather than down VLEN-wide strips (narrower than a cache line on AVX2 and the
-     * generic path, so that each line would be fetched once per block). It reads all of dY before pass 2 writes dH (which may alias
-     * it): the parallel region ends first. */
+     * generic path, so that each line would be fetched once per block). It reads all of dY
+     * before pass 2 writes dH (which may alias it): the parallel region ends first. */
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     int nt = threads_for(M * N, nthreads);
     int ntc = nt > nblk ? (int)nblk : nt;
