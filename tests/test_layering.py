@@ -26,7 +26,8 @@ import pytest
 import fastmlp
 
 LAYERS = {"fastmlp._version": 0, "fastmlp.datasets": 0, "fastmlp.core": 1, "fastmlp.io": 2,
-          "fastmlp.model": 3, "fastmlp.estimators": 4, "fastmlp.tools": 5, "fastmlp": 6}
+          "fastmlp.model": 3, "fastmlp.distributed": 4, "fastmlp.estimators": 5,
+          "fastmlp.tools": 6, "fastmlp": 7}
 SOURCES = (".py", ".pyx", ".pxi", ".pxd")
 ON_PURPOSE = "on purpose"
 CYTHON_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\s+(.+)|c?import\s+([\w.]+))")

@@ -85,7 +85,11 @@ cdef class TrainStep:
     cdef const float *sp_data
     cdef const ptrdiff_t *rows        # the batch's rows of a sparse X, NULL for 0 .. M-1
     cdef double batch_weight          # its sum of sample weights (M without them)
+    cdef double total_weight          # > 0: the batch is a shard of one that weighs this (note o)
+    cdef ptrdiff_t row_offset         # the shard's first row in its batch (dropout's keys)
     cdef double l2
+    cdef readonly double penalty      # the L2 term of the last forward's loss
+    cdef readonly object reduce_buffer
     cdef int phase           # _PHASE_*: which phases the current batch has been through
     cdef bint per_output_grad  # mse_loss: scikit-learn's per-output gradient (n_out times)
     cdef bint with_l2        # _forward adds the L2 penalty (loss_and_grad adds it once itself)
@@ -95,12 +99,13 @@ cdef class TrainStep:
     cdef int _ensure_work(self, int nthreads) except -1
     cdef int _raise(self, int status) except -1
     cdef int _validate(self, X, y, sample_weight, index, _Input *inp,
-                       bint all_rows=*) except -1
+                       bint all_rows=*, bint allow_empty=*) except -1
+    cdef int _shard(self, row_offset, total_weight) except -1
     cdef int _load(self, const _Input *inp, int nt) noexcept nogil
     cdef int _forward(self, double *loss, int nt) noexcept nogil
     cdef int _backward(self, int nt) noexcept nogil
     cdef int _update(self, double lr, int nt) noexcept nogil
     cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
-                            int nt) noexcept nogil
+                            double divide_by, bint penalty, int nt) noexcept nogil
     cdef void _update_range(self, ptrdiff_t lo, ptrdiff_t hi, double lr, double l2, double wd,
                             int nt) noexcept nogil

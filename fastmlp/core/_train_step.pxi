@@ -52,11 +52,22 @@
 #    global norm if it is larger (fm_clip_grad_norm: one deterministic pass for the norm, one to
 #    scale); grad_norm is the norm before clipping (NaN until measured). measure_grad_norm=True
 #    measures it on every update without clipping (diagnostics).
+# o) Data parallelism (fastmlp.distributed): forward(..., total_weight=W, row_offset=r0) makes the
+#    batch a shard of a larger one of total weight W (its row count, or its sum of sample
+#    weights) whose rows r0, r0 + 1, ... it holds. The loss's gradient w.r.t. the output is
+#    scaled by W_s / W (W_s: the shard's own weight) before backward, which is linear in it, so
+#    flat_grads hold the shard's share of the whole batch's gradient and a sum over the shards
+#    (one allreduce of reduce_buffer) is that gradient, with no pass over the buffer before or
+#    after. forward returns the shard's share of the data loss (the L2 term, alpha / (2 W)
+#    ||W||^2, is in penalty: the same on every shard), update uses alpha / W, and dropout keys
+#    element (r0 + r, c) so masks do not depend on how the batch is cut. A shard may be empty
+#    (zero gradient). reduce_buffer is flat_grads followed by REDUCE_TAIL float32 slots the
+#    caller fills (the loss share, status flags) so that they travel in the same allreduce.
 # A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
 
 from libc.stdint cimport uint64_t
 from cython.parallel cimport prange
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.math cimport isfinite, NAN
 from libc.stdlib cimport calloc, free
 
@@ -72,6 +83,8 @@ cdef enum:                   # TrainStep.phase: how far the current batch has go
     _PHASE_NONE = 0          # no batch, or its update is done
     _PHASE_FORWARD = 1
     _PHASE_BACKWARD = 2
+
+REDUCE_TAIL = 4     # note o: slots after flat_grads in reduce_buffer
 
 cdef enum:
     _STATUS_ZERO_WEIGHT = 1  # _loss_and_grad: the sample weights sum to zero
@@ -400,8 +413,13 @@ cdef class TrainStep:
         self.n_params = flat.size
         self.n_weights = sum(params[2 * l].size for l in range(L))
         self.n_layer_params = self.n_weights + sum(params[2 * l + 1].size for l in range(L))
-        self.grads = flat_params([np.zeros(p.shape, np.float32) for p in params])
-        self.flat_grads = self.grads[0].base
+        # note o: the gradients with REDUCE_TAIL slots after them, one buffer to allreduce
+        self.reduce_buffer = np.zeros(self.n_params + REDUCE_TAIL, np.float32)
+        self.flat_grads = self.reduce_buffer[:self.n_params]
+        offsets, _ = _flat_offsets([p.shape for p in params])
+        self.grads = [self.flat_grads[o:o + p.size].reshape(p.shape)
+                      for p, o in zip(params, offsets)]
+        self.total_weight, self.row_offset, self.penalty = 0.0, 0, 0.0
         n_state = 2 if optimizer == "adam" else (0 if optimizer == "sgd" and momentum == 0 else 1)
         self.state = [np.zeros(self.n_params, np.float32) for _ in range(n_state)]
         self.p_flat, self.g_flat = _data(self.flat_params), _data(self.flat_grads)
@@ -505,11 +523,22 @@ cdef class TrainStep:
 
     # ---- with the GIL: validation ---------------------------------------------------------------
 
+    cdef int _shard(self, row_offset, total_weight) except -1:
+        """Note o: make the next batch a shard (total_weight > 0) or a whole batch (None)."""
+        if total_weight is None:
+            self.total_weight, self.row_offset = 0.0, 0
+            if row_offset:
+                raise ValueError("row_offset needs total_weight (a shard of a larger batch)")
+            return 0
+        self.total_weight = _real(total_weight, "total_weight", 0.0, math.inf, True)
+        self.row_offset = _integer(row_offset, "row_offset", 0, 2**40)
+        return 0
+
     cdef int _validate(self, X, y, sample_weight, index, _Input *inp,
-                       bint all_rows=False) except -1:
+                       bint all_rows=False, bint allow_empty=False) except -1:
         """Check a batch and describe it in inp; keep its arrays alive until the next one.
         all_rows: any number of rows (loss_and_grad cuts them in chunks), else at most
-        max_batch.
+        max_batch. allow_empty: zero rows are a batch (a shard, note o).
         A sparse X (note l) is converted once per object: the same matrix object in the next
         batch reuses its arrays."""
         cdef bint sparse = is_sparse(X)
@@ -545,7 +574,7 @@ cdef class TrainStep:
             if index.shape[0] and (index.min() < 0 or index.max() >= n):
                 raise IndexError(f"index out of range for {n} rows")
         cdef Py_ssize_t M = index.shape[0] if gather else n
-        if M < 1 or (M > self.max_batch and not all_rows):
+        if (M < 1 and not allow_empty) or (M > self.max_batch and not all_rows):
             raise ValueError(f"batch size must be in [1, {self.max_batch}], got {M}")
         if labels and M and not gather and (y.min() < 0 or y.max() >= n_out):
             raise ValueError(f"labels must be in [0, {n_out})")
@@ -615,7 +644,8 @@ cdef class TrainStep:
                 wb[r] = <float>(w[r] * (M / wsum)) if wsum else 0
             self.w = wb
             self.batch_weight = wsum
-        self.l2 = self.alpha / (self.batch_weight if self.batch_weight else M)
+        self.l2 = self.alpha / (self.total_weight if self.total_weight > 0 else
+                                (self.batch_weight if self.batch_weight else M))
         self.phase = _PHASE_NONE
         return FM_OK
 
@@ -631,6 +661,14 @@ cdef class TrainStep:
         cdef fm_epilogue ep
         cdef double sq = 0
         self.phase = _PHASE_NONE
+        if self.alpha > 0 and self.with_l2:
+            for l in range(L):
+                sq += _sum_squares(self.layers[l].n_in * self.layers[l].n_out, self.layers[l].W)
+        self.penalty = 0.5 * self.l2 * sq
+        if M == 0:                      # an empty shard (note o)
+            loss[0] = 0
+            self.phase = _PHASE_FORWARD
+            return FM_OK
         # hidden layers fuse bias + activation in the GEMM epilogue; gelu keeps Z; a
         # normalized layer's GEMM writes H and its norm kernel applies the activation (note m)
         for l in range(L):
@@ -662,7 +700,8 @@ cdef class TrainStep:
                                      ly.Y, ly.mean, ly.rstd, nt)
             if ly.mask != NULL:
                 _dropout_forward(M * ly.n_out, ly.Y, ly.mask, ly.A, ly.keep, ly.scale,
-                                 _dropout_key(self.seed, <uint64_t>self.t, <uint64_t>l))
+                                 _dropout_key(self.seed, <uint64_t>self.t, <uint64_t>l)
+                                 + <uint64_t>(self.row_offset * ly.n_out))
             inp = ly.A
         # the loss and its gradient w.r.t. the output pre-activation, in one pass
         ly = &self.layers[L - 1]
@@ -681,10 +720,11 @@ cdef class TrainStep:
                 _scale(M * ly.n_out, ly.D, <float>ly.n_out)
         if status != FM_OK:
             return status
-        if self.alpha > 0 and self.with_l2:
-            for l in range(L):
-                sq += _sum_squares(self.layers[l].n_in * self.layers[l].n_out, self.layers[l].W)
-            loss[0] += 0.5 * self.l2 * sq
+        if self.total_weight > 0:      # note o: this shard's share of the batch
+            _scale(M * ly.n_out, ly.D, <float>(self.batch_weight / self.total_weight))
+            loss[0] *= self.batch_weight / self.total_weight
+        else:
+            loss[0] += self.penalty
         if isfinite(loss[0]) or self.continue_nonfinite:
             self.phase = _PHASE_FORWARD
         return FM_OK
@@ -700,6 +740,10 @@ cdef class TrainStep:
         cdef _Layer *prev
         cdef const float *inp
         cdef fm_epilogue ep
+        if M == 0:                      # an empty shard: no share of the gradient (note o)
+            memset(self.g_flat, 0, self.n_params * sizeof(float))
+            self.phase = _PHASE_BACKWARD
+            return FM_OK
         for l in range(L - 1, -1, -1):
             ly = &self.layers[l]
             inp = self.X if l == 0 else self.layers[l - 1].A
@@ -797,7 +841,7 @@ cdef class TrainStep:
             raise MemoryError("TrainStep: could not allocate GEMM buffers")
         return 0
 
-    def forward(self, X, y, sample_weight=None, *, index=None):
+    def forward(self, X, y, sample_weight=None, *, index=None, total_weight=None, row_offset=0):
         """Forward pass and loss of a batch (with the L2 penalty); keeps what backward needs.
 
         X: float32 (n, n_in), or a SciPy sparse matrix (CSR or CSC, note l); y: int32 (n,)
@@ -806,10 +850,14 @@ cdef class TrainStep:
         index: None (the batch is all of X, at most max_batch rows), or integer (M,) row
         indices gathered from X, y and sample_weight inside the native call (no copy in Python).
         Without index, backward reads X again: leave it unchanged until then.
-        Returns the loss; raises FloatingPointError if it is not finite (note j).
+        total_weight, row_offset: None, or the batch is a shard, starting at row row_offset, of
+        a batch of that total weight (note o; it may then be empty).
+        Returns the loss (a shard's share of the data loss, note o); raises FloatingPointError
+        if it is not finite (note j).
         """
         cdef _Input inp
-        self._validate(X, y, sample_weight, index, &inp)
+        self._shard(row_offset, total_weight)
+        self._validate(X, y, sample_weight, index, &inp, False, self.total_weight > 0)
         cdef int nt = _threads()
         self._ensure_work(nt)
         cdef double loss = 0
@@ -848,10 +896,11 @@ cdef class TrainStep:
     def run(self, X, y, sample_weight=None, *, lr, index=None):
         """forward, backward and update of one batch in one native call; returns the loss.
 
-        Arguments as forward's; lr: the learning rate of this step.
+        Arguments as forward's (a whole batch); lr: the learning rate of this step.
         Raises FloatingPointError, without updating anything, if the loss is not finite.
         """
         cdef _Input inp
+        self._shard(0, None)
         self._validate(X, y, sample_weight, index, &inp)
         cdef int nt = _threads()
         self._ensure_work(nt)
@@ -870,7 +919,8 @@ cdef class TrainStep:
                                      "parameters were not updated")
         return loss
 
-    def loss_and_grad(self, X, y, sample_weight=None, *, out=None):
+    def loss_and_grad(self, X, y, sample_weight=None, *, out=None, total_weight=None,
+                      penalty=True):
         """The loss over all of X and its gradient (note k), for full-batch solvers (L-BFGS).
 
         X, y, sample_weight: as forward's, any number of rows (processed max_batch at a time);
@@ -880,6 +930,9 @@ cdef class TrainStep:
         layout [W0, ..., b0, ...] as float64. Nothing is updated; t does not change. Raises
         FloatingPointError if the loss is not finite, ValueError with dropout (the loss must be
         a deterministic function of the parameters) or if the weights sum to zero.
+        total_weight: None, or X is a shard of data of that total weight (note o): the sums
+        are divided by it instead of X's own. penalty=False leaves the L2 term out (data
+        parallel: one shard adds it, so that the shards' results sum to the objective).
         """
         if any(p > 0 for p in self.dropout):
             raise ValueError("loss_and_grad needs a network without dropout (a full-batch "
@@ -888,6 +941,10 @@ cdef class TrainStep:
             raise ValueError("loss_and_grad needs a network without batch normalization (its "
                              "statistics would depend on how the data are cut into chunks)")
         cdef _Input all_rows
+        self._shard(0, total_weight)
+        self.total_weight = 0.0          # chunks are whole batches; the division is ours
+        cdef double divide_by = _real(total_weight, "total_weight", 0.0, math.inf, True) \
+            if total_weight is not None else 0.0
         self._validate(X, y, sample_weight, None, &all_rows, True)
         if out is None:
             out = np.empty(self.n_params, np.float64)
@@ -901,8 +958,9 @@ cdef class TrainStep:
         self._ensure_work(nt)
         cdef double loss = 0
         cdef int status
+        cdef bint with_penalty = bool(penalty)
         with nogil:
-            status = self._loss_and_grad(&all_rows, acc, &loss, nt)
+            status = self._loss_and_grad(&all_rows, acc, &loss, divide_by, with_penalty, nt)
         self._raise(status)
         if status == _STATUS_ZERO_WEIGHT:
             raise ValueError("sample_weight sums to zero: the loss is undefined")
@@ -911,7 +969,7 @@ cdef class TrainStep:
         return loss, out
 
     cdef int _loss_and_grad(self, const _Input *inp, double *acc, double *loss,
-                            int nt) noexcept nogil:
+                            double divide_by, bint penalty, int nt) noexcept nogil:
         """Note k, over the rows inp describes (any number). Returns FM_OK, FM_EINVAL,
         FM_ENOMEM or _STATUS_ZERO_WEIGHT; *loss is NaN when a chunk's loss is not finite."""
         cdef ptrdiff_t n = inp.M, start = 0, rows, i, n_in = self.layers[0].n_in
@@ -951,12 +1009,14 @@ cdef class TrainStep:
             start += rows
         self.with_l2 = 1
         self.phase = _PHASE_NONE
+        if divide_by > 0:
+            total_w = divide_by
         if total_w == 0:
             return _STATUS_ZERO_WEIGHT
         for i in range(self.n_params):
             acc[i] /= total_w
         loss[0] /= total_w
-        if self.alpha > 0:
+        if self.alpha > 0 and penalty:
             for l in range(self.n_layers):
                 sq += _sum_squares(self.layers[l].n_in * self.layers[l].n_out, self.layers[l].W)
             loss[0] += 0.5 * self.alpha * sq / total_w

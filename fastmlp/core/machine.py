@@ -66,6 +66,16 @@ def configure(kernels=_native):
     kernels._configure_threads(0 if omp_env else physical_cores())
 
 
+def share_cores(n_processes):
+    """n_processes processes of one job share this machine (MPI ranks on one node): the default
+    thread count becomes physical_cores() // n_processes (at least 1), so that they do not
+    oversubscribe the cores (each rank's OpenMP team would otherwise take every core, and a
+    team waiting for a descheduled thread runs many times slower). OMP_NUM_THREADS, when set,
+    is obeyed as it is; set_num_threads and n_threads still override."""
+    if not os.environ.get("OMP_NUM_THREADS", "").strip():
+        _native._configure_threads(max(1, physical_cores() // max(1, int(n_processes))))
+
+
 def cpu_model():
     """The CPU's marketing name (Linux /proc/cpuinfo), else what platform reports."""
     try:

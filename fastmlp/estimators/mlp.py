@@ -22,12 +22,18 @@ Weights are initialised as scikit-learn does (uniform Glorot variant, ``init="sk
 the same initial weights and batches, the weights and loss curve match scikit-learn's to float32
 rounding (tests/estimators/test_sklearn_trajectory.py).
 
+``comm`` (an mpi4py communicator of several ranks) trains data-parallel (fastmlp.distributed):
+every rank calls fit with the same data and takes its share of every batch; the ranks sum
+their gradients in one allreduce per step and end with the same model, the same loss_curve_,
+validation scores and n_iter_. Only rank 0 writes files (save). A comm of one rank is serial.
+
 scikit-learn is required by this module (``pip install "fastmlp[sklearn]"``); the kernels and
 the model API work without it.
 """
 import math
 import time
 import warnings
+import zlib
 from numbers import Integral, Real
 
 import numpy as np
@@ -55,7 +61,7 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
     raise ImportError("fastmlp.MLPClassifier and MLPRegressor need scikit-learn >= 1.6: "
                       "pip install 'fastmlp[sklearn]' (or pip install scikit-learn)") from e
 
-from .. import io
+from .. import distributed, io
 from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, batchnorm_forward, flat_buffer,
                     flat_params, layernorm_forward,
                     is_sparse, local_num_threads, matmul, sparse_matmul)
@@ -89,6 +95,22 @@ def _float32(X):
             X = X.tocsr()
             return X if X.dtype == np.float32 else X.astype(np.float32)
         return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _fingerprint(X, targets, sample_weight):
+    """A cheap summary of a fit's data (shapes and checksums of X's sampled rows, of every
+    target and weight), compared across ranks by a data-parallel fit."""
+    if hasattr(X, "tocsr"):
+        X = X.tocsr()
+        sampled = [X.data, X.indices, X.indptr]
+    else:
+        sampled = [np.ascontiguousarray(X[::max(1, X.shape[0] // 256)])]
+    arrays = sampled + [np.ascontiguousarray(targets)] + \
+        ([] if sample_weight is None else [np.ascontiguousarray(sample_weight)])
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(a.view(np.uint8).reshape(-1), crc)
+    return (tuple(X.shape), tuple(np.shape(targets)), sample_weight is not None, crc)
 
 
 def _stochastic(est):
@@ -136,6 +158,7 @@ class _BaseMLP(BaseEstimator):
         "normalization": [None, StrOptions({"layer", "batch"}), "array-like"],
         "clip_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
         "diagnostics": ["boolean"],
+        "comm": "no_validation",
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -145,7 +168,7 @@ class _BaseMLP(BaseEstimator):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
-                 normalization=None, clip_grad_norm=None, diagnostics=False):
+                 normalization=None, clip_grad_norm=None, diagnostics=False, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -177,6 +200,7 @@ class _BaseMLP(BaseEstimator):
         self.normalization = normalization
         self.clip_grad_norm = clip_grad_norm
         self.diagnostics = diagnostics
+        self.comm = comm
 
     # ---- validation ------------------------------------------------------------------------
 
@@ -270,7 +294,50 @@ class _BaseMLP(BaseEstimator):
         """
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val)
 
+    def _comm(self):
+        """comm when it has several ranks (data-parallel training), else None (a comm of size
+        1 trains as one process)."""
+        comm = self.comm
+        if comm is None:
+            return None
+        if not (hasattr(comm, "Get_size") and hasattr(comm, "Allreduce")):
+            raise InvalidParameterError(f"The 'comm' parameter of {type(self).__name__} must "
+                                        f"be None or an mpi4py communicator, got {comm!r}.")
+        return comm if comm.Get_size() > 1 else None
+
     def _fit(self, X, y, sample_weight, incremental, X_val=None, y_val=None):
+        comm = self._comm()
+        if comm is None:
+            return self._fit_local(X, y, sample_weight, incremental, X_val, y_val, None)
+        # every collective is reached by every rank or none (fastmlp.distributed, contract 3):
+        # a rank whose input fails validation makes every rank raise
+        with distributed.collective(comm):
+            seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        distributed.share_cores(distributed.node_ranks(comm))
+        return self._fit_local(X, y, sample_weight, incremental, X_val, y_val,
+                               (comm, comm.bcast(seed, root=0)))
+
+    def _fit_local(self, X, y, sample_weight, incremental, X_val, y_val, dist):
+        """fit / partial_fit; dist: None, or (comm, seed) for data-parallel training."""
+        if dist is None:
+            return self._fit_body(X, y, sample_weight, incremental, X_val, y_val, None)
+        comm, seed = dist
+        with distributed.collective(comm):
+            prepared = self._fit_body(X, y, sample_weight, incremental, X_val, y_val, seed)
+        # every rank must pass the same data (each takes its share of every batch)
+        mine = prepared[-1]
+        prints = comm.allgather(mine)
+        if any(p != prints[0] for p in prints):
+            r = next(r for r, p in enumerate(prints) if p != prints[0])
+            raise ValueError(f"data-parallel fit: every rank must pass the same X, y and "
+                             f"sample_weight (rank {r}'s differ from rank 0's: {prints[r]} "
+                             f"against {prints[0]})")
+        return self._fit_run(*prepared[:-1], comm)
+
+    def _fit_body(self, X, y, sample_weight, incremental, X_val, y_val, seed):
+        """Validation and setup of a fit; then (serial, seed None) the training itself.
+        With a seed (data-parallel) returns what _fit_run needs and a fingerprint of the data."""
+        seed_given = seed is not None
         sizes, acts, drop = self._check_params()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
@@ -284,7 +351,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"warm_start / partial_fit: the network has layers "
                              f"{[c.shape[0] for c in self.coefs_] + [self.n_outputs_]} but "
                              f"the parameters and data give {layer_units}")
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        if seed is None:
+            seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         rng = np.random.default_rng(seed)
         if self.solver == "lbfgs" and any(drop):
             raise InvalidParameterError("dropout needs a stochastic solver: L-BFGS needs a "
@@ -293,10 +361,18 @@ class _BaseMLP(BaseEstimator):
             self._initialize(layer_units, acts, rng)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        parallel = seed_given
+        if parallel and "batch" in self._norms:
+            raise InvalidParameterError("normalization='batch' cannot train data-parallel: "
+                                        "each rank's statistics would be those of its shard "
+                                        "(use 'layer')")
         if self.solver == "lbfgs":
             if X_val is not None:
                 raise ValueError("X_val / y_val: solver='lbfgs' has no epochs to score them "
                                  "after; use a stochastic solver")
+            if parallel:
+                return ("lbfgs", acts, X, targets, sample_weight, _fingerprint(X, targets,
+                                                                               sample_weight))
             with local_num_threads(self.n_threads):
                 self._fit_lbfgs(acts, X, targets, sample_weight)
             self._check_finite()
@@ -330,9 +406,31 @@ class _BaseMLP(BaseEstimator):
             batch = int(np.clip(self.batch_size, 1, n))
         step = self._train_step(acts, drop, batch, seed, incremental)
         schedule = self._schedule(incremental, n)
+        args = (step, schedule, X_train, t_train, w_train, X_val, y_val, batch, rng,
+                incremental)
+        if parallel:
+            return ("epochs", *args, _fingerprint(X_train, t_train, w_train))
         with local_num_threads(self.n_threads):
-            self._epochs(step, schedule, X_train, t_train, w_train, X_val, y_val, batch, rng,
-                         incremental)
+            self._epochs(*args)
+        self._check_finite()
+        return self
+
+    def _fit_run(self, kind, *args):
+        """The training of a data-parallel fit, after _fit_body set it up on every rank."""
+        *args, comm = args
+        with local_num_threads(self.n_threads):
+            if kind == "lbfgs":
+                self._fit_lbfgs(*args, comm=comm)
+                self._check_finite()
+                return self
+            step, rest = distributed.DistributedTrainStep(args[0], comm), args[1:]
+            try:
+                self._epochs(step, *rest)
+            except Exception as e:
+                if not isinstance(e, distributed.DistributedError):
+                    step.fail(e)        # every rank stops (distributed, contract 3)
+                raise
+            step.close()
         self._check_finite()
         return self
 
@@ -365,7 +463,7 @@ class _BaseMLP(BaseEstimator):
                                for s in self.running_stats_]
         return dict(normalization=norms, running_stats=self.running_stats_)
 
-    def _fit_lbfgs(self, acts, X, targets, sample_weight):
+    def _fit_lbfgs(self, acts, X, targets, sample_weight, comm=None):
         """scikit-learn's lbfgs: SciPy's L-BFGS-B on the full-data objective (loss + L2),
         evaluated by TrainStep.loss_and_grad in float32 with float64 sums."""
         if "batch" in self._norms:
@@ -374,8 +472,11 @@ class _BaseMLP(BaseEstimator):
         step = TrainStep(self._params(), acts, self._loss, min(X.shape[0], LBFGS_CHUNK),
                          optimizer="sgd", momentum=0.0, alpha=self.alpha, per_output_grad=True,
                          **self._norm_options())
+        if comm is not None:
+                step = distributed.DistributedTrainStep(step, comm)
         flat = step.flat_params
         last = {"loss": np.nan}
+        talk = self.verbose and (comm is None or comm.Get_rank() == 0)
 
         def objective(x):
             with np.errstate(over="ignore", invalid="ignore"):
@@ -390,7 +491,7 @@ class _BaseMLP(BaseEstimator):
         def iteration_done(xk):
             # the line search's last evaluation is at the accepted point
             self.loss_curve_.append(float(last["loss"]))
-            if self.verbose:
+            if talk:
                 print(f"Iteration {len(self.loss_curve_)}, loss = {last['loss']:.8f}")
 
         self.loss_curve_ = []
@@ -508,6 +609,7 @@ class _BaseMLP(BaseEstimator):
                 self.history_ = []
             recorder.records = self.history_
         last_start = (n - 1) // batch * batch
+        talk = self.verbose and getattr(step, "rank", 0) == 0
         try:
             for _ in range(1 if incremental else self.max_iter):
                 lr = float(schedule(self.t_))
@@ -536,7 +638,7 @@ class _BaseMLP(BaseEstimator):
                 if X_val is not None:
                     score = self._score_internal(X_val, y_val)
                     self.validation_scores_.append(score)
-                if self.verbose:
+                if talk:
                     val = "" if score is None else f", validation score = {score:.6f}"
                     print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}{val}, "
                           f"{n / seconds:,.0f} samples/s")
@@ -551,7 +653,7 @@ class _BaseMLP(BaseEstimator):
                         samples_per_second=n / seconds, estimator=self, diagnostics=diag)):
                     break
                 if stop:
-                    if self.verbose:
+                    if talk:
                         what = ("Validation score" if self.early_stopping else "Training loss")
                         print(f"{what} did not improve more than tol={self.tol:f} for "
                               f"{self.n_iter_no_change} consecutive epochs. Stopping.")
@@ -561,6 +663,11 @@ class _BaseMLP(BaseEstimator):
                                   " reached and the optimization hasn't converged yet.",
                                   ConvergenceWarning)
         except KeyboardInterrupt:
+            if hasattr(step, "interrupted") and not step.interrupted:
+                try:        # data-parallel: stop every rank (fastmlp.distributed, contract 3)
+                    step.fail(KeyboardInterrupt())
+                except KeyboardInterrupt:
+                    pass
             warnings.warn("Training interrupted by user: the model keeps the weights reached "
                           "so far.")
         if self.early_stopping:
@@ -637,10 +744,14 @@ class _BaseMLP(BaseEstimator):
                    "n_outputs_": (int,), "n_layers_": (int,)}
 
     def save(self, path):
-        """Write the fitted estimator to a .safetensors file (fastmlp.load reads it back)."""
+        """Write the fitted estimator to a .safetensors file (fastmlp.load reads it back).
+        Data-parallel (comm with several ranks): only rank 0 writes (every rank holds the
+        same model)."""
         if not hasattr(self, "coefs_"):
             raise TypeError(f"save needs a fastmlp.MLP or a fitted fastmlp estimator, got an "
                             f"unfitted {type(self).__name__}")
+        if self._comm() is not None and self.comm.Get_rank() != 0:
+            return
         acts = self.activation if not isinstance(self.activation, str) \
             else [self.activation] * (len(self.coefs_) - 1)
         hyper = {}
@@ -734,7 +845,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
-                 normalization=None, clip_grad_norm=None, diagnostics=False, class_weight=None):
+                 normalization=None, clip_grad_norm=None, diagnostics=False, class_weight=None,
+                 comm=None):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
@@ -745,7 +857,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
             dropout=dropout, weight_decay=weight_decay, rho=rho, n_threads=n_threads,
             callback=callback, normalization=normalization, clip_grad_norm=clip_grad_norm,
-            diagnostics=diagnostics)
+            diagnostics=diagnostics, comm=comm)
         self.class_weight = class_weight
 
     def _validate_input(self, X, y, incremental, reset):
@@ -895,7 +1007,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dropout=0.0, weight_decay=0.0, rho=0.9, n_threads=None, callback=None,
-                 normalization=None, clip_grad_norm=None, diagnostics=False):
+                 normalization=None, clip_grad_norm=None, diagnostics=False, comm=None):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
@@ -906,7 +1018,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
             dropout=dropout, weight_decay=weight_decay, rho=rho, n_threads=n_threads,
             callback=callback, normalization=normalization, clip_grad_norm=clip_grad_norm,
-            diagnostics=diagnostics)
+            diagnostics=diagnostics, comm=comm)
         self.loss = loss
 
     def _validate_input(self, X, y, incremental, reset):

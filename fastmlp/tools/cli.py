@@ -9,6 +9,9 @@
 
 `train` drives the model API (fastmlp.model.MLP and its native TrainStep), not the scikit-learn
 estimators, so that it runs right after `pip install .`: scikit-learn is an optional extra.
+Under `mpiexec -n N` (mpi4py installed: `pip install "fastmlp[mpi]"`) it trains data-parallel
+(fastmlp.distributed): every rank loads the data and takes its share of every batch; rank 0
+prints and saves, and the samples/s are the job's.
 """
 import argparse
 import contextlib
@@ -20,7 +23,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import core, datasets
+from .. import core, datasets, distributed
 from .._version import __version__
 from ..model import MLP, diagnostics
 from . import bench
@@ -247,7 +250,38 @@ def fit(model, step, X, y, X_val, y_val, args, progress, recorder=None):
     return seconds, n * args.epochs
 
 
+def mpi_comm():
+    """COMM_WORLD when this process is one of several MPI ranks (mpiexec sets PMI_SIZE,
+    OMPI_COMM_WORLD_SIZE or PMIX_SIZE... in its environment), else None."""
+    sizes = [os.environ.get(k, "") for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
+                                            "PMIX_SIZE")]
+    if not any(v.isdigit() and int(v) > 1 for v in sizes):
+        return None
+    try:
+        from mpi4py import MPI   # optional dependency: imported lazily, on purpose
+    except ImportError:
+        raise SystemExit("fastmlp train under mpiexec needs mpi4py: pip install "
+                         "'fastmlp[mpi]' (or run without mpiexec)") from None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
 def cmd_train(args):
+    comm = mpi_comm()
+    if comm is not None:
+        distributed.share_cores(distributed.node_ranks(comm))
+        if comm.Get_rank() != 0:
+            args.quiet, args.profile, args.save, args.plot = True, False, None, None
+            args.diagnose = False
+        # a rank that cannot load the data stops every rank (no collective inside the block)
+        with distributed.collective(comm):
+            prepared = _prepare(args)
+        _train(args, comm, *prepared)
+        return
+    _train(args, None, *_prepare(args))
+
+
+def _prepare(args):
+    """The data and the model of `fastmlp train` (no collective: see cmd_train)."""
     if args.plot and not args.diagnose:
         raise SystemExit("fastmlp train: --plot draws the diagnostics: add --diagnose")
     if args.plot:
@@ -267,19 +301,38 @@ def cmd_train(args):
     if isinstance(X_train, np.ndarray):
         X_train = np.ascontiguousarray(X_train)
     model, step = build_model(args, X_train.shape[1], len(classes))
+    return model, step, classes, X_train, y_train, X_val, y_val, X_test, y_test, source
+
+
+def _train(args, comm, model, step, classes, X_train, y_train, X_val, y_val, X_test, y_test,
+           source):
+    talk = comm is None or comm.Get_rank() == 0
+    if comm is not None:        # rank 0's initial parameters, gradients summed every step
+        step = distributed.DistributedTrainStep(step, comm)
     if not args.quiet:
         print(f"training {'-'.join(map(str, model.layer_sizes))} MLP ({args.activation}, "
               f"{args.solver} lr {args.lr:g}, batch {args.batch_size}) on {source}: "
-              f"{X_train.shape[0]:,} train / {X_test.shape[0]:,} test samples", file=sys.stderr)
+              f"{X_train.shape[0]:,} train / {X_test.shape[0]:,} test samples"
+              + ("" if comm is None else f", {comm.Get_size()} MPI ranks"), file=sys.stderr)
     progress = Progress(args.epochs, X_train.shape[0], enabled=not args.quiet)
     recorder = diagnostics.Recorder(step) if args.diagnose else None
     with profile() if args.profile else contextlib.nullcontext() as prof:
-        seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress,
-                            recorder)
+        try:
+            seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress,
+                                recorder)
+        except Exception as e:
+            if comm is not None and not isinstance(e, distributed.DistributedError):
+                step.fail(e)        # every rank stops
+            raise
+        if comm is not None:
+            step.close()
+    if not talk:
+        return
     acc = accuracy(model, X_test, y_test)
     print(f"test accuracy {100 * acc:.2f}% on {X_test.shape[0]:,} samples | trained in "
           f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {core.info()['isa']}, "
-          f"{bench.threads_text(core.get_num_threads())}")
+          f"{bench.threads_text(core.get_num_threads())}"
+          + ("" if comm is None else f" x {comm.Get_size()} MPI ranks"))
     if args.profile:
         print(prof.table())
     if recorder is not None:
@@ -426,6 +479,8 @@ def main(argv=None):
     try:
         args.run(args)
     except (datasets.DatasetError, FileNotFoundError) as e:
+        raise SystemExit(f"fastmlp {args.command}: {e}") from None
+    except distributed.DistributedError as e:
         raise SystemExit(f"fastmlp {args.command}: {e}") from None
     except FloatingPointError as e:
         raise SystemExit(f"fastmlp {args.command}: training diverged ({e}); try a lower --lr")\

@@ -123,7 +123,10 @@ def test_gradient_buffer_is_one_array_whose_views_are_the_layer_gradients():
     flat = step.flat_grads
     assert flat.ndim == 1 and flat.dtype == np.float32 and flat.flags.c_contiguous
     assert flat.size == step.n_params == sum(p.size for p in model.params)
-    assert flat_buffer(step.grads) is flat and flat_buffer(step.params) is step.flat_params
+    assert flat_buffer(step.params) is step.flat_params
+    # the gradient views sit at their offsets of flat_grads (which reduce_buffer extends)
+    assert all(np.shares_memory(g, flat) for g in step.grads)
+    assert step.reduce_buffer[:step.n_params].ctypes.data == flat.ctypes.data
     # the layout: every weight first, then every bias (fastmlp.core.flat_params)
     sizes = [p.size for p in model.params]
     weights = np.concatenate([g.ravel() for g in step.grads[0::2]])
