@@ -106,6 +106,12 @@ def main():
             runs[(ranks, threads)].append(json.loads(r.stdout.strip().splitlines()[-1]))
     info = fastmlp.info()
     peak = fastmlp.measure_peak_gflops(2)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
     # per sample: forward 2 W, weight gradients 2 W, input gradients 2 W but for layer 0
     weights = [a * b for a, b in zip(SIZES[:-1], SIZES[1:])]
     flop = 6 * sum(weights) - 2 * weights[0]
@@ -135,7 +141,8 @@ def main():
               f"({1e6 * t[1]:.1f}-{1e6 * t[2]:.1f}), {4 * int(k) / t[0] / 1e9:6.2f} GB/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"context": {"cpu": info["cpu"], "cpu_id": info.get("cpu_id"),
+            json.dump({"context": {"commit": commit, "cpu": info["cpu"],
+                                   "cpu_id": info.get("cpu_id"),
                                    "fastmlp": info["version"], "isa": info["isa"],
                                    "peak_gflops_2threads": peak, "rounds": args.rounds,
                                    "steps": args.steps, "network": SIZES},

@@ -268,7 +268,8 @@ cdef class TrainStep:
     clip_grad_norm: 0 (off) or the largest global norm of flat_grads an update uses (note n).
     measure_grad_norm: measure grad_norm on every update without clipping.
 
-    Phases: forward(X, y, sample_weight, index=) -> loss; backward() fills flat_grads;
+    Phases: forward(X, y, sample_weight, index=, total_weight=, row_offset=) -> loss (with
+    total_weight: a shard of a larger batch, note o); backward() fills flat_grads;
     update(lr) steps the optimizer. run(...) is the three in one native call.
     loss_and_grad(X, y, sample_weight) is the loss and gradient over all of X, for full-batch
     solvers (note k).
@@ -277,7 +278,9 @@ cdef class TrainStep:
     flat_params and flat_grads, in the order of params), n_params, n_weights (the weights come
     first in the flat buffers), n_layer_params (weights and biases: the normalization
     parameters follow), state (the optimizer's flat state buffers), running_stats,
-    grad_norm (the last update's gradient norm before clipping, note n). layer_outputs()
+    grad_norm (the last update's gradient norm before clipping, note n), reduce_buffer
+    (flat_grads followed by REDUCE_TAIL float32 slots: what a data-parallel step allreduces),
+    penalty (the L2 term of the last forward's loss, note o). layer_outputs()
     returns the hidden layers' outputs of the last forward (diagnostics).
     """
 
