@@ -28,12 +28,14 @@ if MPIEXEC is None:
 TIMEOUT = 240
 
 
-def mpirun(n, *args, timeout=TIMEOUT):
-    """Run args under mpiexec -n n; a run that outlives timeout fails (a hang, contract 3)."""
+def mpirun(n, *args, timeout=TIMEOUT, cwd=None):
+    """Run args under mpiexec -n n; a run that outlives timeout fails (a hang, contract 3).
+    cwd: where it runs (`python -m fastmlp` must not start in the source tree, whose fastmlp
+    folder has no compiled core)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
         return subprocess.run([MPIEXEC, "-n", str(n), *args], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+                              timeout=timeout, env=env, cwd=cwd)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"mpiexec -n {n} {' '.join(args)} did not finish in {timeout} s (a hang): "
                     f"{e.stdout} {e.stderr}")
@@ -189,7 +191,7 @@ print("ok")
 def test_cli_trains_data_parallel_and_rank_0_reports_and_saves(tmp_path):
     saved = tmp_path / "model.safetensors"
     r = mpirun(2, sys.executable, "-m", "fastmlp", "train", "--epochs", "2", "--hidden", "64",
-               "--save", str(saved))
+               "--save", str(saved), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     summary = [line for line in r.stdout.splitlines() if line.startswith("test accuracy")]
     assert len(summary) == 1 and "x 2 MPI ranks" in summary[0], r.stdout
