@@ -13,7 +13,8 @@ from setuptools import Extension, setup
 
 # The AVX2 and AVX-512 paths are x86-64 code: elsewhere the generic path is the one built.
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-SOURCES = ["fastmlp/core/_native.pyx", "csrc/dispatch.c", "csrc/isa_generic.c"] + (
+SOURCES = ["fastmlp/core/_native.pyx", "csrc/dispatch.c", "csrc/pool.c",
+           "csrc/isa_generic.c"] + (
     ["csrc/isa_avx2.c", "csrc/isa_avx512.c"] if X86_64 else [])
 
 # -ffp-contract=off: FMAs appear only where the kernels ask for them, so the order and rounding of

@@ -6,8 +6,10 @@
  *       -> ir over MR (A micro-panel stays in L1) -> jr over NR (B panel streamed from L2)
  *         -> micro-kernel: MR x NR tile of C in registers, kc broadcast + FMA steps
  *            (gemm_ukernel.h, whose contract the loops keep).
- * Each thread owns whole tiles of C and packs into its own part of the scratch: no barrier, no
- * shared buffer (fastmlp.h rules 4, 5). */
+ * Each share of C (a range of its rows or columns) is a task of the thread team (pool.h): whoever
+ * runs it packs into the scratch of its executor slot, so there is no barrier and no shared
+ * buffer, and a thread that is not running leaves its share to the others (fastmlp.h rules 4,
+ * 5). */
 
 /* One thread's share: rows [m0, m1) and columns [n0, n1) of C. */
 static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1,
@@ -61,26 +63,27 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
 
 static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
-/* Thread t of n_t on the dot path: its rows of C, with its own copy of B^T (kp floats a row). */
+/* Share t of n_t on the dot path: its rows of C, with the executor's own copy of B^T (kp floats
+ * a row) in slot `slot` of the scratch. */
 static void dot_share(const gemm_args *g, float *work, size_t per_thread, ptrdiff_t kp,
-                      ptrdiff_t t, ptrdiff_t n_t)
+                      ptrdiff_t t, ptrdiff_t n_t, int slot)
 {
     const float *bt = g->B;
     ptrdiff_t ldbt = g->ldb;
     if (!g->tb) {
-        float *p = align64(work + (size_t)t * per_thread);
+        float *p = align64(work + (size_t)slot * per_thread);
         pack_bt(g, kp, p);
         bt = p, ldbt = kp;
     }
     dot_range(g, bt, ldbt, g->M * t / n_t, g->M * (t + 1) / n_t);
 }
 
-/* Thread t of n_t on a blocked path: its share of the panels of N (split_n) or of M, packed
- * into its own buffers (a_floats for A, then B's) at work + t * per_thread. */
+/* Share t of n_t on a blocked path: its panels of N (split_n) or of M, packed into the buffers
+ * of executor slot `slot` (a_floats for A, then B's) at work + slot * per_thread. */
 static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_t a_floats,
-                       int split_n, ptrdiff_t t, ptrdiff_t n_t)
+                       int split_n, ptrdiff_t t, ptrdiff_t n_t, int slot)
 {
-    float *apack = align64(work + (size_t)t * per_thread);
+    float *apack = align64(work + (size_t)slot * per_thread);
     float *bpack = align64(apack + a_floats);
     ptrdiff_t pan = split_n ? (g->N + FM_NR - 1) / FM_NR : (g->M + FM_MR - 1) / FM_MR;
     ptrdiff_t step = split_n ? FM_NR : FM_MR;
@@ -91,10 +94,31 @@ static void gemm_share(const gemm_args *g, float *work, size_t per_thread, size_
         gemm_range(g, lo, min_pd(hi, g->M), 0, g->N, apack, bpack);
 }
 
-/* The plan's threads run their shares, in work (work_floats floats) if it is large enough for
- * the plan, else in scratch of its own (fastmlp.h: a workspace sized for other blocks or fewer
- * threads is never overrun). One thread runs its share directly: a libgomp region, even of one
- * thread, ends in a barrier that makes a futex system call (gemm_rules.md, "one thread"). */
+#ifndef SHARES_PER_THREAD
+#define SHARES_PER_THREAD 2
+#endif
+
+typedef struct {
+    const gemm_args *g;
+    float *work;
+    size_t per_thread, a_floats;
+    ptrdiff_t kp, n_shares;
+    int dot, split_n;
+} plan_job;
+
+static void plan_task(void *ctx, ptrdiff_t share, int slot)
+{
+    const plan_job *j = ctx;
+    if (j->dot)
+        dot_share(j->g, j->work, j->per_thread, j->kp, share, j->n_shares, slot);
+    else
+        gemm_share(j->g, j->work, j->per_thread, j->a_floats, j->split_n, share, j->n_shares,
+                   slot);
+}
+
+/* The plan's shares run as tasks of the team, in work (work_floats floats) if it is large enough
+ * for the plan, else in scratch of its own (fastmlp.h: a workspace sized for other blocks or
+ * fewer threads is never overrun). One thread runs its share directly. */
 static int run_plan(const fm_matmul_plan *p, const gemm_args *g, float *work, size_t work_floats)
 {
     size_t per_thread = plan_thread_floats(p);
@@ -108,18 +132,20 @@ static int run_plan(const fm_matmul_plan *p, const gemm_args *g, float *work, si
     int dot = p->path == FM_PATH_DOT;
     if (p->threads == 1) {
         if (dot)
-            dot_share(g, work, per_thread, kp, 0, 1);
+            dot_share(g, work, per_thread, kp, 0, 1, 0);
         else
-            gemm_share(g, work, per_thread, p->a_floats, p->split_n, 0, 1);
+            gemm_share(g, work, per_thread, p->a_floats, p->split_n, 0, 1, 0);
     } else {
-#pragma omp parallel num_threads(p->threads)
-        {
-            if (dot)
-                dot_share(g, work, per_thread, kp, omp_get_thread_num(), omp_get_num_threads());
-            else
-                gemm_share(g, work, per_thread, p->a_floats, p->split_n, omp_get_thread_num(),
-                           omp_get_num_threads());
-        }
+        /* SHARES_PER_THREAD shares a thread (at least a panel each): on a busy machine the
+         * running threads take the shares of one that is not (pool.h); more, smaller shares
+         * repack more and measured no better (benchmarks/results/pool_contention.md) */
+        ptrdiff_t pan = dot ? g->M : p->split_n ? (g->N + FM_NR - 1) / FM_NR
+                                                : (g->M + FM_MR - 1) / FM_MR;
+        ptrdiff_t shares = (ptrdiff_t)p->threads * SHARES_PER_THREAD;
+        if (shares > pan) shares = pan;
+        if (shares < p->threads) shares = p->threads;
+        plan_job j = {g, work, per_thread, p->a_floats, kp, shares, dot, p->split_n};
+        fm_pool_run(p->threads, shares, plan_task, &j);
     }
     free(own);
     return FM_OK;

@@ -6,6 +6,7 @@
 #define FASTMLP_KERNELS_H
 
 #include "fastmlp.h"
+#include "pool.h"
 
 #define FM_ENTRY(name) __typeof__(fm_##name) *name
 

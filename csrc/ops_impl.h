@@ -9,10 +9,14 @@
  *     of rows and then the blocks in order, in double.
  *  c) Threads are used only above a size where they pay for their wake-up (MIN_PER_THREAD
  *     elements each).
+ *  d) The kernels of a training step run on fastmlp's thread team (pool.h) in tasks of about
+ *     TASK_ELEMS elements: whoever is running takes the next task, so a descheduled thread
+ *     delays a call by one task at most, not by its whole share.
  */
 #include <math.h>
 
 #define MIN_PER_THREAD 32768
+#define TASK_ELEMS 8192
 
 static inline int threads_for(ptrdiff_t work, int nthreads)
 {
@@ -21,20 +25,76 @@ static inline int threads_for(ptrdiff_t work, int nthreads)
     return nt < 1 ? 1 : (int)nt;
 }
 
+/* f(ctx, lo, hi) over [0, n) in tasks of `chunk` indices on the team (note d). */
+typedef void (*range_fn)(void *ctx, ptrdiff_t lo, ptrdiff_t hi);
+typedef struct {
+    range_fn f;
+    void *ctx;
+    ptrdiff_t n, chunk;
+} range_job;
+
+static void range_task(void *c, ptrdiff_t task, int slot)
+{
+    const range_job *j = c;
+    (void)slot;
+    ptrdiff_t lo = task * j->chunk, hi = lo + j->chunk < j->n ? lo + j->chunk : j->n;
+    j->f(j->ctx, lo, hi);
+}
+
+static void parallel_range(ptrdiff_t n, ptrdiff_t chunk, int nthreads, range_fn f, void *ctx)
+{
+    if (chunk < 1) chunk = 1;
+    range_job j = {f, ctx, n, chunk};
+    fm_pool_run(nthreads, (n + chunk - 1) / chunk, range_task, &j);
+}
+
+/* Rows per task of an M x N elementwise kernel (note d). */
+static inline ptrdiff_t row_chunk(ptrdiff_t N) { return N >= TASK_ELEMS ? 1 : TASK_ELEMS / N; }
+
 /* ---- Activations ------------------------------------------------------------------------------ */
+
+typedef struct {
+    ptrdiff_t N;
+    const float *Z, *bias, *dY, *Y;
+    float *out;
+    int act;
+    float slope;
+} act_ctx;
+
+static void bias_activation_rows(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const act_ctx *c = ctx;
+    ptrdiff_t N = c->N;
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        for (ptrdiff_t j = 0; j < N; j += VLEN) {
+            int n = (int)(N - j);
+            vf x = vload_n(c->Z + i * N + j, n);
+            if (c->bias) x = x + vload_n(c->bias + j, n);
+            vstore_n(c->out + i * N + j, vact_forward(x, c->act, c->slope), n);
+        }
+    }
+}
 
 /* Z[M,N], bias[N] -> Y[M,N] = act(Z + bias) */
 static void bias_activation(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *bias, int act,
                             float slope, float *Y, int nthreads)
 {
     if (M <= 0 || N <= 0) return; /* rule 1, without a loop over empty rows */
-#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < M; i++) {
+    act_ctx c = {N, Z, bias, NULL, NULL, Y, act, slope};
+    parallel_range(M, row_chunk(N), threads_for(M * N, nthreads), bias_activation_rows, &c);
+}
+
+static void activation_backward_rows(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const act_ctx *c = ctx;
+    ptrdiff_t N = c->N;
+    for (ptrdiff_t i = lo; i < hi; i++) {
         for (ptrdiff_t j = 0; j < N; j += VLEN) {
             int n = (int)(N - j);
-            vf x = vload_n(Z + i * N + j, n);
-            if (bias) x = x + vload_n(bias + j, n);
-            vstore_n(Y + i * N + j, vact_forward(x, act, slope), n);
+            vf y = c->Y ? vload_n(c->Y + i * N + j, n) : vsplat(0.0f);
+            vf z = c->Z ? vload_n(c->Z + i * N + j, n) : vsplat(0.0f);
+            vf dy = vload_n(c->dY + i * N + j, n);
+            vstore_n(c->out + i * N + j, vact_backward(dy, y, z, c->act, c->slope), n);
         }
     }
 }
@@ -44,32 +104,36 @@ static void activation_backward(ptrdiff_t M, ptrdiff_t N, const float *dY, const
                                 const float *Z, int act, float slope, float *dZ, int nthreads)
 {
     if (M <= 0 || N <= 0) return;
-#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < M; i++) {
-        for (ptrdiff_t j = 0; j < N; j += VLEN) {
-            int n = (int)(N - j);
-            vf y = Y ? vload_n(Y + i * N + j, n) : vsplat(0.0f);
-            vf z = Z ? vload_n(Z + i * N + j, n) : vsplat(0.0f);
-            vf dy = vload_n(dY + i * N + j, n);
-            vstore_n(dZ + i * N + j, vact_backward(dy, y, z, act, slope), n);
-        }
+    act_ctx c = {N, Z, NULL, dY, Y, dZ, act, slope};
+    parallel_range(M, row_chunk(N), threads_for(M * N, nthreads), activation_backward_rows, &c);
+}
+
+typedef struct {
+    ptrdiff_t M, N;
+    const float *dZ;
+    float *db;
+} bias_grad_ctx;
+
+static void bias_grad_blocks(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const bias_grad_ctx *c = ctx;
+    for (ptrdiff_t b = lo; b < hi; b++) {
+        ptrdiff_t j = b * VLEN;
+        int n = (int)(c->N - j);
+        vf s = vsplat(0.0f);
+        for (ptrdiff_t i = 0; i < c->M; i++) s = s + vload_n(c->dZ + i * c->N + j, n);
+        vstore_n(c->db + j, s, n);
     }
 }
 
-/* dZ[M,N] -> db[N]: column sums, each in row order (note b). Threads take column blocks. */
+/* dZ[M,N] -> db[N]: column sums, each in row order (note b). Tasks take column blocks. */
 static void bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
 {
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
-    int nt = threads_for(M * N, nthreads);
-    if (nt > nblk) nt = (int)(nblk > 0 ? nblk : 1);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (ptrdiff_t b = 0; b < nblk; b++) {
-        ptrdiff_t j = b * VLEN;
-        int n = (int)(N - j);
-        vf s = vsplat(0.0f);
-        for (ptrdiff_t i = 0; i < M; i++) s = s + vload_n(dZ + i * N + j, n);
-        vstore_n(db + j, s, n);
-    }
+    if (nblk <= 0) return;
+    ptrdiff_t per = M > 0 ? TASK_ELEMS / (M * VLEN) : nblk; /* column blocks per task */
+    bias_grad_ctx c = {M, N, dZ, db};
+    parallel_range(nblk, per, threads_for(M * N, nthreads), bias_grad_blocks, &c);
 }
 
 /* ---- Losses -------------------------------------------------------------------------------------
@@ -94,17 +158,33 @@ typedef struct {
 
 typedef double (*row_loss_fn)(const loss_ctx *c, ptrdiff_t i, ptrdiff_t N);
 
+typedef struct {
+    ptrdiff_t M, N, nb;
+    row_loss_fn f;
+    const loss_ctx *c;
+    double *part;
+} sum_rows_ctx;
+
+static void sum_rows_blocks(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const sum_rows_ctx *s = ctx;
+    for (ptrdiff_t b = lo; b < hi; b++) {
+        double acc = 0.0;
+        for (ptrdiff_t i = s->M * b / s->nb; i < s->M * (b + 1) / s->nb; i++)
+            acc += s->f(s->c, i, s->N);
+        s->part[b] = acc;
+    }
+}
+
 static double sum_rows(ptrdiff_t M, ptrdiff_t N, row_loss_fn f, const loss_ctx *c, int nthreads)
 {
     double part[LOSS_BLOCKS];
     ptrdiff_t nb = M < LOSS_BLOCKS ? M : LOSS_BLOCKS;
     if (nb == 0) return 0.0;
-#pragma omp parallel for num_threads(threads_for(M * N, nthreads)) schedule(static)
-    for (ptrdiff_t b = 0; b < nb; b++) {
-        double s = 0.0;
-        for (ptrdiff_t i = M * b / nb; i < M * (b + 1) / nb; i++) s += f(c, i, N);
-        part[b] = s;
-    }
+    /* blocks per task: about TASK_ELEMS elements each (note d) */
+    ptrdiff_t rows_per_block = (M + nb - 1) / nb, per = TASK_ELEMS / (rows_per_block * N);
+    sum_rows_ctx s = {M, N, nb, f, c, part};
+    parallel_range(nb, per, threads_for(M * N, nthreads), sum_rows_blocks, &s);
     double total = 0.0;
     for (ptrdiff_t b = 0; b < nb; b++) total += part[b];
     return total;
@@ -245,34 +325,75 @@ static int poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T
 
 /* ---- Optimizer updates: one pass over parameter, gradient and state -------------------------- */
 
-static void sgd_update(ptrdiff_t n, float *p, const float *g, double lr_, double l2_, double mom_,
-                       int nesterov, float *vel, int nthreads)
+typedef struct {
+    float *p, *s1, *s2;
+    const float *g;
+    float lr, l2, a, b, c, d, eps, decay; /* the update's constants (each kernel's own) */
+    int nesterov;
+} update_ctx;
+
+static void sgd_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
 {
-    float lr = (float)lr_, l2 = (float)l2_, mom = (float)mom_;
-#pragma omp parallel for num_threads(threads_for(n, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < n; i++) {
+    const update_ctx *u = ctx;
+    float *restrict p = u->p, *restrict vel = u->s1;
+    const float *restrict g = u->g;
+    float lr = u->lr, l2 = u->l2, mom = u->a;
+    for (ptrdiff_t i = lo; i < hi; i++) {
         float gi = g[i] + l2 * p[i];
         if (mom == 0.0f) {
             p[i] = p[i] - lr * gi;
         } else {
             float v = mom * vel[i] - lr * gi;
             vel[i] = v;
-            p[i] = p[i] + (nesterov ? mom * v - lr * gi : v);
+            p[i] = p[i] + (u->nesterov ? mom * v - lr * gi : v);
         }
+    }
+}
+
+static void sgd_update(ptrdiff_t n, float *p, const float *g, double lr_, double l2_, double mom_,
+                       int nesterov, float *vel, int nthreads)
+{
+    update_ctx u = {.p = p, .s1 = vel, .g = g, .lr = (float)lr_, .l2 = (float)l2_,
+                    .a = (float)mom_, .nesterov = nesterov};
+    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), sgd_range, &u);
+}
+
+static void rmsprop_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const update_ctx *u = ctx;
+    float *restrict p = u->p, *restrict sq = u->s1;
+    const float *restrict g = u->g;
+    float lr = u->lr, l2 = u->l2, rho = u->a, c = u->b, eps = u->eps;
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        float gi = g[i] + l2 * p[i];
+        float s = rho * sq[i] + c * (gi * gi);
+        sq[i] = s;
+        p[i] = p[i] - lr * gi / (sqrtf(s) + eps);
     }
 }
 
 static void rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr_,
                            double rho_, double eps_, double l2_, int nthreads)
 {
-    float lr = (float)lr_, rho = (float)rho_, c = (float)(1.0 - rho_), eps = (float)eps_,
-          l2 = (float)l2_;
-#pragma omp parallel for num_threads(threads_for(n, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < n; i++) {
+    update_ctx u = {.p = p, .s1 = sq, .g = g, .lr = (float)lr_, .l2 = (float)l2_,
+                    .a = (float)rho_, .b = (float)(1.0 - rho_), .eps = (float)eps_};
+    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), rmsprop_range, &u);
+}
+
+static void adam_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const update_ctx *u = ctx;
+    float *restrict p = u->p, *restrict m = u->s1, *restrict v = u->s2;
+    const float *restrict g = u->g;
+    float lr_t = u->lr, l2 = u->l2, b1 = u->a, c1 = u->b, b2 = u->c, c2 = u->d, eps = u->eps,
+          decay = u->decay;
+    for (ptrdiff_t i = lo; i < hi; i++) {
         float gi = g[i] + l2 * p[i];
-        float s = rho * sq[i] + c * (gi * gi);
-        sq[i] = s;
-        p[i] = p[i] - lr * gi / (sqrtf(s) + eps);
+        float mi = b1 * m[i] + c1 * gi;
+        float vi_ = b2 * v[i] + c2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi_;
+        p[i] = p[i] * decay - lr_t * mi / (sqrtf(vi_) + eps);
     }
 }
 
@@ -282,18 +403,11 @@ static void adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *
                         int nthreads)
 {
     double bc1 = 1.0 - pow(b1_, (double)step), bc2 = 1.0 - pow(b2_, (double)step);
-    float lr_t = (float)(lr_ * sqrt(bc2) / bc1), decay = (float)(1.0 - lr_ * wd_);
-    float b1 = (float)b1_, c1 = (float)(1.0 - b1_), b2 = (float)b2_, c2 = (float)(1.0 - b2_);
-    float eps = (float)eps_, l2 = (float)l2_;
-#pragma omp parallel for num_threads(threads_for(n, nthreads)) schedule(static)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float gi = g[i] + l2 * p[i];
-        float mi = b1 * m[i] + c1 * gi;
-        float vi_ = b2 * v[i] + c2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi_;
-        p[i] = p[i] * decay - lr_t * mi / (sqrtf(vi_) + eps);
-    }
+    update_ctx u = {.p = p, .s1 = m, .s2 = v, .g = g, .lr = (float)(lr_ * sqrt(bc2) / bc1),
+                    .l2 = (float)l2_, .a = (float)b1_, .b = (float)(1.0 - b1_),
+                    .c = (float)b2_, .d = (float)(1.0 - b2_), .eps = (float)eps_,
+                    .decay = (float)(1.0 - lr_ * wd_)};
+    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), adam_range, &u);
 }
 
 /* ---- Peak probe: 12 independent FMA chains per thread (more than latency x ports), timed ---- */

@@ -66,7 +66,6 @@
 # A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
 
 from libc.stdint cimport uint64_t
-from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from libc.math cimport isfinite, NAN
 from libc.stdlib cimport calloc, free
@@ -110,6 +109,36 @@ cdef void _dropout_forward(ptrdiff_t n, const float *y, float *mask, float *out,
     for i in range(n):
         mask[i] = scale if (_splitmix64(key + <uint64_t>i) >> 40) < keep else 0.0
         out[i] = y[i] * mask[i]
+
+
+cdef enum:
+    _GATHER_ROWS = 16    # rows a gather task copies
+
+
+cdef struct _Gather:     # _load's gather of a batch's rows (one task: _GATHER_ROWS of them)
+    const _Input *inp
+    float *xb
+    void *yb
+    float *wb
+    ptrdiff_t n_in, n_out
+    bint labels
+
+
+cdef void _gather_task(void *ctx, ptrdiff_t task, int slot) noexcept nogil:
+    cdef const _Gather *g = <const _Gather *>ctx
+    cdef const _Input *inp = g.inp
+    cdef ptrdiff_t r, n_in = g.n_in, n_out = g.n_out
+    cdef ptrdiff_t hi = min((task + 1) * _GATHER_ROWS, inp.M)
+    for r in range(task * _GATHER_ROWS, hi):
+        if inp.X != NULL:
+            memcpy(&g.xb[r * n_in], inp.X + inp.idx[r] * n_in, n_in * sizeof(float))
+        if g.labels:
+            (<int32_t *>g.yb)[r] = (<const int32_t *>inp.y)[inp.idx[r]]
+        else:
+            memcpy(<float *>g.yb + r * n_out, <const float *>inp.y + inp.idx[r] * n_out,
+                   n_out * sizeof(float))
+        if g.wb != NULL and inp.w != NULL:
+            g.wb[r] = inp.w[inp.idx[r]]
 
 
 cdef void _mul_inplace(ptrdiff_t n, float *x, const float *m) noexcept nogil:
@@ -618,22 +647,18 @@ cdef class TrainStep:
         cdef void *yb = self.ybuf
         cdef const float *w = inp.w
         cdef double wsum
+        cdef _Gather gather
         self.M, self.X, self.y, self.w = M, inp.X, inp.y, NULL
         self.sp_indptr, self.sp_indices, self.sp_data = inp.indptr, inp.indices, inp.data
         self.rows = <const ptrdiff_t *>inp.idx if inp.indptr != NULL else NULL  # note l: no copy
         if inp.idx != NULL:
             # rows of a shuffled epoch are scattered over X (tens of MB, beyond the caches): a
-            # gather per thread (ee2d0fb; benchmarks/results/gemm_rules.md, "gather")
-            for r in prange(M, num_threads=nt, schedule="static"):
-                if inp.X != NULL:
-                    memcpy(&xb[r * n_in], inp.X + inp.idx[r] * n_in, n_in * sizeof(float))
-                if labels:
-                    (<int32_t *>yb)[r] = (<const int32_t *>inp.y)[inp.idx[r]]
-                else:
-                    memcpy(<float *>yb + r * n_out, <const float *>inp.y + inp.idx[r] * n_out,
-                           n_out * sizeof(float))
-                if w != NULL:
-                    wb[r] = w[inp.idx[r]]
+            # gather on every thread (ee2d0fb; benchmarks/results/gemm_rules.md, "gather"), in
+            # tasks of _GATHER_ROWS rows on the thread team (csrc/pool.h)
+            gather.inp, gather.xb, gather.yb, gather.wb = inp, xb, yb, wb
+            gather.n_in, gather.n_out, gather.labels = n_in, n_out, labels
+            fm_pool_run(nt if M * n_in >= 32768 else 1, (M + _GATHER_ROWS - 1) // _GATHER_ROWS,
+                        _gather_task, &gather)
             self.X, self.y = (xb if inp.X != NULL else NULL), yb
             if w != NULL:
                 w = wb

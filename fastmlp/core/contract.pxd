@@ -170,3 +170,8 @@ cdef extern from "fastmlp.h" nogil:
     const char *fm_isa_name(int isa)
     const char *fm_path_name(int path)
     const char *fm_kernel_name(int kernel)
+
+
+cdef extern from "pool.h" nogil:
+    ctypedef void (*fm_task_fn)(void *ctx, ptrdiff_t task, int slot) noexcept nogil
+    void fm_pool_run(int n_threads, ptrdiff_t n_tasks, fm_task_fn fn, void *ctx)
