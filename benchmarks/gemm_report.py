@@ -69,7 +69,7 @@ def run_case(case, rng, repeats):
         theirs = lambda: np.matmul(A, B, out=out)  # noqa: E731
     flops = 2.0 * M * N * K
     t = compare(dict(ours=ours, theirs=theirs), target_seconds=0.05, repeats=repeats)
-    to, tt = t["ours"], t["theirs"]
+    to, tt = t["ours"]["median"], t["theirs"]["median"]
     return dict(name=name, M=M, N=N, K=K, trans_a=ta, trans_b=tb, fused=fused,
                 fastmlp_seconds=to, numpy_seconds=tt, fastmlp_gflops=flops / to * 1e-9,
                 numpy_gflops=flops / tt * 1e-9, ratio=tt / to)

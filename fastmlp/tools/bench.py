@@ -124,7 +124,33 @@ def compare(fns, target_seconds, repeats):
             # would take a core from whichever function ran next: let them go to sleep first.
             time.sleep(0.15)
             times[name].append(_seconds_per_call(fn, numbers[name]))
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: spread(t) for name, t in times.items()}
+
+
+NOISY = 1.25    # a case whose slowest repeat is this much slower than its fastest is flagged
+
+
+def spread(values):
+    """{"median", "min", "max"} of a list of timings (or rates)."""
+    v = sorted(float(x) for x in values)
+    return {"median": float(np.median(v)), "min": v[0], "max": v[-1]}
+
+
+def best_peak(n_threads=None, seconds=0.2, tries=3):
+    """The FMA peak as the best of `tries` measurements: a busy moment only lowers one, so the
+    best is the closest to the machine's peak and no kernel should then exceed 100% of it."""
+    return max(core.measure_peak_gflops(seconds, n_threads) for _ in range(tries))
+
+
+def busy_warning(peaks):
+    """A warning when the peak on several threads is below 1.5x the one-thread peak (peaks:
+    {threads: GFLOP/s}): the other cores are busy, and every speed measured now is low."""
+    one = peaks.get(1) or peaks.get("1")
+    for n, gf in peaks.items():
+        if int(n) > 1 and one and gf < 1.5 * one:
+            return (f"WARNING: the {n}-thread peak ({gf:.0f} GFLOP/s) is below 1.5x the 1-thread "
+                    f"peak ({one:.0f}): the machine is busy, so these numbers are low and noisy")
+    return None
 
 
 def memory_bandwidth_gbps(mib=256, repeats=3):
@@ -374,7 +400,8 @@ def measure(case, peak, target_seconds, repeats):
     fns = dict(fastmlp=case.ours, reference=case.reference)
     if case.blas is not None:
         fns["blas"] = case.blas
-    t = compare(fns, target_seconds, repeats)
+    spreads = compare(fns, target_seconds, repeats)
+    t = {name: sp["median"] for name, sp in spreads.items()}
     flops, nbytes = work(case.ours, peak)
     ours = t["fastmlp"]
     return dict(name=case.name, group=case.group, flops=flops, bytes=nbytes,
@@ -382,7 +409,10 @@ def measure(case, peak, target_seconds, repeats):
                 blas_seconds=t.get("blas"), gflops=flops / ours * 1e-9,
                 gbps=nbytes / ours * 1e-9, percent_of_peak=100 * flops / ours * 1e-9 / peak,
                 speedup_vs_reference=t["reference"] / ours,
-                speedup_vs_blas=t["blas"] / ours if "blas" in t else None)
+                speedup_vs_blas=t["blas"] / ours if "blas" in t else None,
+                fastmlp_seconds_min=spreads["fastmlp"]["min"],
+                fastmlp_seconds_max=spreads["fastmlp"]["max"],
+                noisy=spreads["fastmlp"]["max"] > NOISY * spreads["fastmlp"]["min"])
 
 
 # ---- chart ----------------------------------------------------------------------------------

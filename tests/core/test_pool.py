@@ -35,7 +35,7 @@ def _kernels(a, b, bias):
     return [y, dz, db, p, m, v]
 
 
-def test_python_threads_calling_at_once_get_the_serial_bits():
+def test_concurrent_python_threads_get_the_serial_bits():
     a, b, bias = _problem()
     with local_num_threads(1):
         expected = _kernels(a, b, bias)

@@ -13,6 +13,7 @@ import pytest
 
 import fastmlp
 from fastmlp import datasets
+from fastmlp.tools import bench
 from fastmlp.tools.bench import context
 
 PACKAGE_PARENT = str(Path(fastmlp.__file__).resolve().parent.parent)
@@ -149,7 +150,7 @@ def test_bench_quick_json_and_plot(tmp_path):
     report = json.loads((tmp_path / "out.json").read_text())
     ctx = report["context"]
     # one context schema for every benchmark (fastmlp.tools.bench.context)
-    assert set(ctx) == set(context()) | {"peak_gflops"}
+    assert set(ctx) == set(context()) | {"peak_gflops", "peak_gflops_by_threads"}
     assert ctx["fastmlp_version"] == fastmlp.__version__
     assert set(ctx["versions"]) == {"python", "numpy", "scikit-learn", "torch", "jax"}
     assert ctx["versions"]["numpy"] == np.__version__
@@ -164,6 +165,9 @@ def test_bench_quick_json_and_plot(tmp_path):
     for r in report["results"]:
         assert r["flops"] > 0 and r["bytes"] > 0
         assert r["speedup_vs_reference"] > 0
+        # the spread of the repeats comes with every median
+        assert r["fastmlp_seconds_min"] <= r["fastmlp_seconds"] <= r["fastmlp_seconds_max"]
+        assert r["noisy"] == (r["fastmlp_seconds_max"] > bench.NOISY * r["fastmlp_seconds_min"])
         # NumPy's BLAS is compared on products only
         assert (r["speedup_vs_blas"] is not None) == r["name"].startswith("matmul")
     if want_plot:
@@ -194,3 +198,21 @@ def test_train_norm_clip_diagnose_and_plot(tmp_path):
 def test_train_plot_needs_diagnose(tmp_path):
     result = run(["train", "--plot", "x.png"], tmp_path, check=False)
     assert result.returncode != 0 and "--diagnose" in result.stderr
+
+
+def test_busy_warning_and_spread():
+    assert bench.busy_warning({1: 100.0, 2: 190.0}) is None
+    warning = bench.busy_warning({"1": 100.0, "2": 140.0})
+    assert "below 1.5x the 1-thread peak" in warning and "busy" in warning
+    assert bench.busy_warning({1: 100.0}) is None
+    assert bench.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+
+
+def test_bench_never_prints_more_than_the_peak(capsys):
+    from fastmlp.tools.cli import _print_result
+    r = dict(name="case", fastmlp_seconds=1e-3, fastmlp_seconds_min=9e-4,
+             fastmlp_seconds_max=2e-3, gflops=120.0, gbps=1.0, percent_of_peak=104.0,
+             speedup_vs_reference=2.0, speedup_vs_blas=None, noisy=True)
+    _print_result(r)
+    out = capsys.readouterr().out
+    assert "104" not in out and ">peak" in out and "(noisy)" in out
