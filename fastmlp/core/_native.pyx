@@ -93,6 +93,21 @@ cdef int _thread_count(object n, str name) except -1:
     return int(n)
 
 
+cdef extern from "<dlfcn.h>" nogil:
+    ctypedef struct Dl_info:
+        const char *dli_fname
+    int dladdr(const void *addr, Dl_info *info)
+
+
+def openmp_library():
+    """The path of the shared library that provides omp_get_max_threads to fastmlp's compiled
+    core (its own OpenMP runtime), or None."""
+    cdef Dl_info d
+    if dladdr(<const void *>omp_get_max_threads, &d) == 0 or d.dli_fname == NULL:
+        return None
+    return d.dli_fname.decode("utf-8", "replace")
+
+
 def set_num_threads(n):
     """Use n threads in every kernel from now on, in every Python thread (1 <= n <= MAX_THREADS);
     None restores the default policy: the number of physical cores, lowered by OMP_NUM_THREADS

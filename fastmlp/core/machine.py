@@ -15,8 +15,59 @@ from .._version import __version__
 from . import _native
 
 
+def cgroup_cpu_limit(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup"):
+    """The CPUs this process's cgroup quota allows (quota / period, rounded up), or None when
+    there is no quota: cgroup v2 `cpu.max` ("max 100000" or "200000 100000"), else cgroup v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none). A container limited to 2 CPUs on a
+    64-core host then runs 2 threads, not 32. root, self_cgroup: for tests (a fake tree)."""
+    try:
+        with open(self_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    paths = {}
+    for line in lines:                  # "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1)
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path
+    candidates = []
+    if "" in paths:
+        candidates.append(("v2", os.path.join(root, paths[""].lstrip("/"))))
+    if "cpu" in paths:
+        for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            candidates.append(("v1", os.path.join(root, sub, paths["cpu"].lstrip("/"))))
+    candidates += [("v2", root), ("v1", os.path.join(root, "cpu"))]
+    for kind, directory in candidates:
+        try:
+            if kind == "v2":
+                with open(os.path.join(directory, "cpu.max")) as f:
+                    quota, _, period = f.read().strip().partition(" ")
+                if quota == "max":
+                    return None
+                quota, period = int(quota), int(period or 100000)
+            else:
+                with open(os.path.join(directory, "cpu.cfs_quota_us")) as f:
+                    quota = int(f.read().strip())
+                with open(os.path.join(directory, "cpu.cfs_period_us")) as f:
+                    period = int(f.read().strip())
+                if quota < 0:
+                    return None
+        except (OSError, ValueError):
+            continue
+        if quota > 0 and period > 0:
+            return max(1, -(-quota // period))
+    return None
+
+
 def physical_cores():
-    """Physical cores this process may run on (Linux topology; os.cpu_count() elsewhere)."""
+    """Physical cores this process may run on (Linux topology; os.cpu_count() elsewhere),
+    at most its cgroup CPU quota (cgroup_cpu_limit)."""
+    limit = cgroup_cpu_limit()
+    cores = _topology_cores()
+    return min(cores, limit) if limit else cores
+
+
+def _topology_cores():
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:
@@ -109,12 +160,19 @@ def cpu_id():
 
 
 def openmp_runtime():
-    """The OpenMP runtime threadpoolctl finds in the process (library, version, internal_api),
-    or None."""
-    found = [dict(library=os.path.basename(i["filepath"]), version=i.get("version"),
-                  internal_api=i.get("internal_api"))
-             for i in threadpool_info() if i.get("user_api") == "openmp"]
-    return found[0] if found else None
+    """fastmlp's own OpenMP runtime (library, version, internal_api): the library that
+    provides the OpenMP entry point fastmlp's compiled core calls (found with dladdr), not
+    whichever OpenMP another package loaded first (PyTorch and scikit-learn bring their own);
+    its version from threadpoolctl when it lists that library. None if there is none."""
+    path = _native.openmp_library()
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    version, api = None, "openmp"
+    for i in threadpool_info():
+        if i.get("user_api") == "openmp" and os.path.realpath(i["filepath"]) == real:
+            version, api = i.get("version"), i.get("internal_api", api)
+    return dict(library=os.path.basename(real), version=version, internal_api=api)
 
 
 def info():

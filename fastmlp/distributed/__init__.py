@@ -134,6 +134,7 @@ class DistributedTrainStep:
         self.MPI, self.comm, self.step, self.check = MPI, comm, step, bool(check)
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.interrupted = False
+        self._error = None                # this rank's failure, told to the others (contract 3)
         self.allreduce_seconds = 0.0      # time inside the step allreduces (benchmarks)
         self._lbfgs_cache = None
         with collective(comm):
@@ -194,8 +195,6 @@ class DistributedTrainStep:
             raise DistributedError(f"the ranks are out of step: {closing} of {self.size} "
                                    "finished training while the others took another step")
 
-    _error = None
-
     def run(self, X, y, sample_weight=None, *, lr, index=None):
         """One data-parallel step of the global batch (X's rows `index`, all of X if None):
         every rank passes the same arguments. Returns the global batch's loss (with the L2
@@ -203,8 +202,7 @@ class DistributedTrainStep:
         and the step was made with nonfinite="raise"."""
         step, status, share = self.step, 0, 0.0
         try:
-            n_rows = X.shape[0]
-            rows, lo, total = self._shard(n_rows, index, sample_weight)
+            rows, lo, total = self._shard(X.shape[0], index, sample_weight)
             try:
                 share = step.forward(X, y, sample_weight, index=rows, total_weight=total,
                                      row_offset=lo)

@@ -306,22 +306,16 @@ class _BaseMLP(BaseEstimator):
         return comm if comm.Get_size() > 1 else None
 
     def _fit(self, X, y, sample_weight, incremental, X_val=None, y_val=None):
+        """fit / partial_fit: serial, or data-parallel over a comm of several ranks."""
         comm = self._comm()
         if comm is None:
-            return self._fit_local(X, y, sample_weight, incremental, X_val, y_val, None)
+            return self._fit_body(X, y, sample_weight, incremental, X_val, y_val, None)
         # every collective is reached by every rank or none (fastmlp.distributed, contract 3):
         # a rank whose input fails validation makes every rank raise
         with distributed.collective(comm):
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         distributed.share_cores(distributed.node_ranks(comm))
-        return self._fit_local(X, y, sample_weight, incremental, X_val, y_val,
-                               (comm, comm.bcast(seed, root=0)))
-
-    def _fit_local(self, X, y, sample_weight, incremental, X_val, y_val, dist):
-        """fit / partial_fit; dist: None, or (comm, seed) for data-parallel training."""
-        if dist is None:
-            return self._fit_body(X, y, sample_weight, incremental, X_val, y_val, None)
-        comm, seed = dist
+        seed = comm.bcast(seed, root=0)
         with distributed.collective(comm):
             prepared = self._fit_body(X, y, sample_weight, incremental, X_val, y_val, seed)
         # every rank must pass the same data (each takes its share of every batch)
@@ -337,7 +331,7 @@ class _BaseMLP(BaseEstimator):
     def _fit_body(self, X, y, sample_weight, incremental, X_val, y_val, seed):
         """Validation and setup of a fit; then (serial, seed None) the training itself.
         With a seed (data-parallel) returns what _fit_run needs and a fingerprint of the data."""
-        seed_given = seed is not None
+        parallel = seed is not None
         sizes, acts, drop = self._check_params()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
@@ -361,7 +355,6 @@ class _BaseMLP(BaseEstimator):
             self._initialize(layer_units, acts, rng)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        parallel = seed_given
         if parallel and "batch" in self._norms:
             raise InvalidParameterError("normalization='batch' cannot train data-parallel: "
                                         "each rank's statistics would be those of its shard "
@@ -473,7 +466,7 @@ class _BaseMLP(BaseEstimator):
                          optimizer="sgd", momentum=0.0, alpha=self.alpha, per_output_grad=True,
                          **self._norm_options())
         if comm is not None:
-                step = distributed.DistributedTrainStep(step, comm)
+            step = distributed.DistributedTrainStep(step, comm)
         flat = step.flat_params
         last = {"loss": np.nan}
         talk = self.verbose and (comm is None or comm.Get_rank() == 0)

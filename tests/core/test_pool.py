@@ -61,7 +61,7 @@ def test_concurrent_python_threads_get_the_serial_bits():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
-def test_a_forked_child_computes_with_a_fresh_team():
+def test_a_forked_child_computes_with_a_fresh_team(tmp_path):
     code = """
 import os, sys, numpy as np, fastmlp
 rng = np.random.default_rng(0)
@@ -75,5 +75,7 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # cwd: not the source tree, whose fastmlp folder has no compiled core
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
