@@ -734,7 +734,9 @@ class _BaseMLP(BaseEstimator):
                    "best_loss_": (float, int, type(None)),
                    "validation_scores_": (list, type(None)),
                    "best_validation_score_": (float, int, type(None)), "n_features_in_": (int,),
-                   "n_outputs_": (int,), "n_layers_": (int,)}
+                   "n_outputs_": (int,), "n_layers_": (int,),
+                   # a DataFrame's column names: predict then checks them, as after pickle
+                   "feature_names_in_": (list,)}
 
     def save(self, path):
         """Write the fitted estimator to a .safetensors file (fastmlp.load reads it back).
@@ -755,7 +757,9 @@ class _BaseMLP(BaseEstimator):
                 hyper[name] = io.json_value(value)
             except TypeError:
                 pass         # callbacks, RandomState objects, schedule objects: not data
-        attrs = {k: io.json_value(getattr(self, k)) for k in self._FILE_ATTRS if hasattr(self, k)}
+        attrs = {k: io.json_value(getattr(self, k) if k != "feature_names_in_" else
+                                  [str(c) for c in self.feature_names_in_])
+                 for k in self._FILE_ATTRS if hasattr(self, k)}
         norms = normalization_list(self.normalization, len(self.coefs_) - 1)
         tensors, gb, rs = {}, iter(getattr(self, "norm_params_", [])), \
             iter(getattr(self, "running_stats_", []))
@@ -801,6 +805,12 @@ class _BaseMLP(BaseEstimator):
             setattr(est, name, value)
         f.expect(attrs.get("n_features_in_") == sizes[0] and attrs.get("n_outputs_") == sizes[-1],
                  "n_features_in_ / n_outputs_ do not match layer_sizes")
+        if "feature_names_in_" in attrs:
+            names = attrs["feature_names_in_"]
+            f.expect(len(names) == sizes[0] and all(isinstance(c, str) for c in names)
+                     and len(set(names)) == len(names),
+                     "feature_names_in_ must be n_features_in_ distinct strings")
+            est.feature_names_in_ = np.asarray(names, dtype=object)
         est.coefs_, est.intercepts_, est.out_activation_ = f.coefs, f.intercepts, f.out_activation
         norms = f.doc.get("normalization", [None] * (len(sizes) - 2))
         f.expect(norms == normalization_list(est.normalization, len(sizes) - 2),

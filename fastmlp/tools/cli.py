@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -97,14 +98,17 @@ def load_data(args):
         if y is None:
             raise SystemExit(f"{args.data} holds no labels (a scipy.sparse.save_npz file): give "
                              "them with --labels FILE (.npy, or text with one label a line)")
-        X = _features(X)
+        X = _features(X, getattr(args, "scale", None))
         if X.shape[0] != len(y):
             raise SystemExit(f"{X.shape[0]} samples but {len(y)} labels")
+        _check_task(y, getattr(args, "task", "auto"))
         n_test = max(1, int(round(X.shape[0] * args.test_split)))
         if n_test >= X.shape[0]:
             raise SystemExit(f"--test-split {args.test_split} leaves no training samples")
-        X_train, y_train, X_test, y_test = X[:-n_test], y[:-n_test], X[-n_test:], y[-n_test:]
-        source = f"{args.data} (the last {n_test:,} samples held out)"
+        train, test = split_rows(y, n_test, args.seed)
+        X_train, y_train, X_test, y_test = X[train], y[train], X[test], y[test]
+        source = f"{args.data} ({n_test:,} samples held out: shuffled, stratified, seed " \
+                 f"{args.seed})"
     if args.limit:
         X_train, y_train = X_train[:args.limit], y_train[:args.limit]
     return X_train, y_train, X_test, y_test, source
@@ -125,33 +129,92 @@ def _labels(path):
     return y
 
 
-def _features(X):
-    """Images (integer pixels, or more than 2-D) are flattened and scaled to [0, 1]; a table of
-    floats is used as given (scale it beforehand); a sparse matrix (CSR) is kept sparse: the
+def _features(X, scale=None):
+    """Images (more than 2-D: IDX-like arrays) are flattened and their integer pixels scaled to
+    [0, 1]; a table (2-D, integers or floats) is used as given unless --scale says by what to
+    divide it (--scale 255 for a table of pixels); a sparse matrix (CSR) is kept sparse: the
     first layer runs the sparse kernels on it."""
     if core.is_sparse(X):
-        return X.tocsr()
+        X = X.tocsr()
+        return X if scale is None else (X / np.float32(scale)).astype(np.float32).tocsr()
     X = np.asarray(X)
-    if X.ndim > 2 or np.issubdtype(X.dtype, np.integer):
-        return datasets.prepare_images(X)
+    if X.ndim > 2:
+        return datasets.prepare_images(X) if scale is None else np.ascontiguousarray(
+            X.reshape(X.shape[0], -1) / np.float32(scale), dtype=np.float32)
     if X.ndim != 2:
         raise SystemExit(f"features must be (n_samples, n_features), got shape {X.shape}")
-    return np.ascontiguousarray(X, dtype=np.float32)
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise SystemExit(f"features must be numbers, got dtype {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return X if scale is None else X / np.float32(scale)
+
+
+def _check_task(y, task):
+    """fastmlp train trains classifiers: a target that looks continuous (floats that are not
+    all whole numbers, with many distinct values) is refused with a message unless --task
+    classification says to treat its values as classes."""
+    if task == "classification" or not np.issubdtype(np.asarray(y).dtype, np.floating):
+        return
+    values = np.unique(y)
+    if not np.all(np.isfinite(values)):
+        raise SystemExit("the target has NaN or infinite values")
+    if np.any(values != np.round(values)) or len(values) > max(20, len(y) // 10):
+        raise SystemExit(f"the target looks continuous ({len(values):,} distinct values, "
+                         f"e.g. {values[0]:g} .. {values[-1]:g}): fastmlp train trains "
+                         f"classifiers; for regression use fastmlp.MLPRegressor, or pass "
+                         f"--task classification to treat each value as a class")
+
+
+def split_rows(y, n_test, seed):
+    """(train, test) row indices: a seeded shuffle, stratified by class (each class gives its
+    share of the n_test rows, at least one where it has two or more), so a file sorted by label
+    does not leave one class in the test set."""
+    rng = np.random.default_rng(seed)
+    classes, codes = np.unique(np.asarray(y).astype(str), return_inverse=True)
+    test = []
+    for c in range(len(classes)):
+        rows = rng.permutation(np.flatnonzero(codes == c))
+        k = int(round(n_test * len(rows) / len(y)))
+        if len(rows) >= 2:
+            k = min(max(k, 1), len(rows) - 1)
+        else:
+            k = 0
+        test.extend(rows[:k])
+    test = np.array(sorted(test), dtype=np.intp)
+    if len(test) == 0:          # every class has one row: a plain shuffled split
+        test = np.sort(rng.permutation(len(y))[:n_test])
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return rng.permutation(train), rng.permutation(test)
 
 
 # ---- train: progress ------------------------------------------------------------------------
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn in place at most ten times a second. When
-    stderr is not a terminal (a log, CI) it prints one plain line per epoch instead."""
+    """A one-line progress bar on stderr with elapsed time, ETA and samples/s, redrawn in place
+    at most ten times a second and cut to the terminal's width (a line longer than the terminal
+    would wrap, and every redraw would leave a line behind). When stderr is not a terminal (a
+    log, CI) it prints one plain line per epoch instead."""
 
     WIDTH = 24
 
-    def __init__(self, epochs, n_samples, stream=sys.stderr, enabled=True):
+    def __init__(self, epochs, n_samples, stream=sys.stderr, enabled=True, columns=None):
         self.epochs, self.n, self.stream, self.enabled = epochs, n_samples, stream, enabled
         self.tty = enabled and stream.isatty()
+        self.columns = columns          # None: the terminal's, read at each redraw
         self._drawn = 0.0
+        self._start = time.perf_counter()
+
+    def _fit(self, line):
+        cols = self.columns or shutil.get_terminal_size((80, 24)).columns
+        return line[:max(cols - 1, 1)]
+
+    def _times(self, epoch, done):
+        """'elapsed, ETA' of the whole run, from the samples seen so far."""
+        elapsed = time.perf_counter() - self._start
+        seen = (epoch - 1) * self.n + done
+        left = elapsed / seen * (self.epochs * self.n - seen) if seen else 0.0
+        return f"{_clock(elapsed)} elapsed, ETA {_clock(left)}"
 
     def update(self, epoch, done, loss, rate):
         if not self.tty or time.perf_counter() - self._drawn < 0.1:
@@ -159,8 +222,9 @@ class Progress:
         self._drawn = time.perf_counter()
         filled = int(self.WIDTH * done / self.n)
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\repoch {epoch}/{self.epochs} [{bar}] {done:,}/{self.n:,} "
-                          f"loss {loss:.4f} {rate:,.0f} samples/s ")
+        line = (f"epoch {epoch}/{self.epochs} [{bar}] {done:,}/{self.n:,} loss {loss:.4f} "
+                f"{rate:,.0f} samples/s, {self._times(epoch, done)}")
+        self.stream.write("\r" + self._fit(line) + "\x1b[K")
         self.stream.flush()
 
     def end_epoch(self, epoch, loss, rate, val_acc):
@@ -169,8 +233,16 @@ class Progress:
         val = "" if val_acc is None else f"  val acc {100 * val_acc:.2f}%"
         line = (f"epoch {epoch}/{self.epochs} [{'#' * self.WIDTH}] {self.n:,}/{self.n:,} "
                 f"loss {loss:.4f} {rate:,.0f} samples/s{val}")
+        if self.tty:     # a log keeps its plain line an epoch
+            line = self._fit(f"{line}, {self._times(epoch, self.n)}")
         self.stream.write(("\r" + line + "\x1b[K\n") if self.tty else line + "\n")
         self.stream.flush()
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 # ---- train: the loop ------------------------------------------------------------------------
@@ -225,29 +297,39 @@ def accuracy(model, X, y):
 
 
 def fit(model, step, X, y, X_val, y_val, args, progress, recorder=None):
-    """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen). recorder:
-    a diagnostics.Recorder of step, fed on each epoch's last batch."""
+    """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen, epoch at
+    which Ctrl-C stopped training or None): an interrupt ends training, not the command, so the
+    summary is printed and --save still writes the model reached. recorder: a
+    diagnostics.Recorder of step, fed on each epoch's last batch."""
     rng = np.random.default_rng(args.seed)
-    n, seconds = X.shape[0], 0.0
+    n, seconds, seen = X.shape[0], 0.0, 0
     order = np.arange(n)
     last_start = (n - 1) // args.batch_size * args.batch_size
-    for epoch in range(1, args.epochs + 1):
-        rng.shuffle(order)
-        total, t0 = 0.0, time.perf_counter()
-        for start in range(0, n, args.batch_size):
-            idx = order[start:start + args.batch_size]
-            if recorder is not None and start == last_start:
-                recorder.before_update()
-            total += step.run(X, y, lr=args.lr, index=idx) * len(idx)
-            done = start + len(idx)
-            progress.update(epoch, done, total / done, done / (time.perf_counter() - t0))
-        elapsed = time.perf_counter() - t0
-        seconds += elapsed
-        val = accuracy(model, X_val, y_val) if X_val is not None else None
-        progress.end_epoch(epoch, total / n, n / elapsed, val)
-        if recorder is not None:
-            recorder.record(epoch, total / n)
-    return seconds, n * args.epochs
+    epoch, t0 = 0, time.perf_counter()
+    try:
+        for epoch in range(1, args.epochs + 1):
+            rng.shuffle(order)
+            total, t0 = 0.0, time.perf_counter()
+            for start in range(0, n, args.batch_size):
+                idx = order[start:start + args.batch_size]
+                if recorder is not None and start == last_start:
+                    recorder.before_update()
+                total += step.run(X, y, lr=args.lr, index=idx) * len(idx)
+                done = start + len(idx)
+                seen += len(idx)
+                progress.update(epoch, done, total / done, done / (time.perf_counter() - t0))
+            elapsed = time.perf_counter() - t0
+            seconds += elapsed
+            val = accuracy(model, X_val, y_val) if X_val is not None else None
+            progress.end_epoch(epoch, total / n, n / elapsed, val)
+            if recorder is not None:
+                recorder.record(epoch, total / n)
+    except KeyboardInterrupt:
+        seconds += time.perf_counter() - t0
+        if progress.tty:
+            progress.stream.write("\n")
+        return seconds, seen, epoch
+    return seconds, seen, None
 
 
 def mpi_comm():
@@ -318,8 +400,8 @@ def _train(args, comm, model, step, classes, X_train, y_train, X_val, y_val, X_t
     recorder = diagnostics.Recorder(step) if args.diagnose else None
     with profile() if args.profile else contextlib.nullcontext() as prof:
         try:
-            seconds, seen = fit(model, step, X_train, y_train, X_val, y_val, args, progress,
-                                recorder)
+            seconds, seen, stopped = fit(model, step, X_train, y_train, X_val, y_val, args,
+                                         progress, recorder)
         except Exception as e:
             if comm is not None and not isinstance(e, distributed.DistributedError):
                 step.fail(e)        # every rank stops
@@ -328,9 +410,12 @@ def _train(args, comm, model, step, classes, X_train, y_train, X_val, y_val, X_t
             step.close()
     if not talk:
         return
+    if stopped is not None:
+        print(f"interrupted in epoch {stopped} of {args.epochs}: the summary and --save are "
+              f"those of the model reached", file=sys.stderr)
     acc = accuracy(model, X_test, y_test)
     print(f"test accuracy {100 * acc:.2f}% on {X_test.shape[0]:,} samples | trained in "
-          f"{seconds:.2f} s, {seen / seconds:,.0f} samples/s | {core.info()['isa']}, "
+          f"{seconds:.2f} s, {seen / max(seconds, 1e-9):,.0f} samples/s | {core.info()['isa']}, "
           f"{bench.threads_text(core.get_num_threads())}"
           + ("" if comm is None else f" x {comm.Get_size()} MPI ranks"))
     if args.profile:
@@ -351,6 +436,8 @@ def _train(args, comm, model, step, classes, X_train, y_train, X_val, y_val, X_t
         model.save(args.save)
         print(f"saved the model to {args.save} (fastmlp.load reads it; predict gives the "
               f"scores of classes {_class_list(classes)})")
+    if stopped is not None:
+        raise SystemExit(130)      # the shell's code for a command ended by Ctrl-C
 
 
 def _class_list(classes):
@@ -446,6 +533,12 @@ def parser():
                        help="for .npz/.csv: the fraction held out at the end as the test set "
                        "(default 0.2)")
     train.add_argument("--limit", type=_positive, help="train on the first N training samples only")
+    train.add_argument("--scale", type=_positive_real, metavar="S",
+                       help="divide a table's features by S (--scale 255 for pixels in a table; "
+                            "IDX images are scaled to [0, 1] without it)")
+    train.add_argument("--task", choices=("auto", "classification"), default="auto",
+                       help="auto: refuse a continuous target; classification: its values are "
+                            "the classes")
     train.add_argument("--hidden", type=_parse_hidden, default=[256],
                        help="hidden layer sizes, e.g. 256 or 256,128 (default 256)")
     train.add_argument("--activation", default="relu",

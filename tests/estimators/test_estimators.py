@@ -431,6 +431,8 @@ def test_saved_model_records_its_context(saved):
     (lambda d: d["classes"].__setitem__("values", [1, 2]), "classes|dtype"),
     (lambda d: d["classes"].__setitem__("values", ["a", "b"]), "classes"),
     (lambda d: d["attributes"].__setitem__("n_features_in_", 3), "n_features_in_"),
+    (lambda d: d["attributes"].__setitem__("feature_names_in_", ["a"]), "feature_names_in_"),
+    (lambda d: d["attributes"].__setitem__("feature_names_in_", [1] * 20), "feature_names_in_"),
     (lambda d: d.__setitem__("out_activation", "identity"), "classes"),
 ])
 def test_load_rejects_bad_estimator_files(saved, tmp_path, edit, match):
@@ -439,6 +441,30 @@ def test_load_rejects_bad_estimator_files(saved, tmp_path, edit, match):
     bad.write_bytes(rewrite_meta(raw, edit))
     with pytest.raises(ModelFileError, match=match):
         fastmlp.load(bad)
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_saved_estimator_keeps_feature_names_as_pickle_does(cls, tmp_path):
+    """Fitted on a DataFrame, a reloaded estimator checks the columns it is given: reordered
+    columns are refused (scikit-learn's ValueError, as after pickle) instead of predicting
+    with the features swapped; the same columns predict what the original predicts."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((80, 3)), columns=["age", "height", "weight"])
+    y = (df["age"] > 0).astype(int) if cls is MLPClassifier else df["age"] * 2.0
+    est = cls((8,), max_iter=20, random_state=0).fit(df, y)
+    est.save(tmp_path / "m.safetensors")
+    loaded = fastmlp.load(tmp_path / "m.safetensors")
+    assert list(loaded.feature_names_in_) == ["age", "height", "weight"]
+    assert_bitwise_equal(loaded.predict(df), est.predict(df))
+    swapped = df[["weight", "height", "age"]]
+    for model in (loaded, pickle.loads(pickle.dumps(est))):
+        with pytest.raises(ValueError, match="feature names"):
+            model.predict(swapped)
+    # fitted on a plain array: no names saved, and none invented
+    plain = cls((8,), max_iter=5, random_state=0).fit(df.to_numpy(), y)
+    plain.save(tmp_path / "p.safetensors")
+    assert not hasattr(fastmlp.load(tmp_path / "p.safetensors"), "feature_names_in_")
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])

@@ -13,6 +13,7 @@ import pytest
 
 import fastmlp
 from fastmlp import datasets
+from fastmlp.testing import assert_bitwise_equal
 from fastmlp.tools import bench
 from fastmlp.tools.bench import context
 
@@ -216,3 +217,107 @@ def test_bench_never_prints_more_than_the_peak(capsys):
     _print_result(r)
     out = capsys.readouterr().out
     assert "104" not in out and ">peak" in out and "(noisy)" in out
+
+
+class _Terminal:
+    """A stream that says it is a terminal, recording what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("columns", [40, 120])
+def test_progress_fits_the_terminal_and_shows_elapsed_and_eta(columns, monkeypatch):
+    from fastmlp.tools.cli import Progress
+    clock = iter(range(100, 10_000, 5))        # 5 s between readings of perf_counter
+    monkeypatch.setattr("fastmlp.tools.cli.time.perf_counter", lambda: next(clock))
+    term = _Terminal()
+    p = Progress(epochs=2, n_samples=1000, stream=term, columns=columns)
+    p.update(1, 500, 0.5, 1234.0)
+    p.end_epoch(1, 0.4, 1200.0, None)
+    redraws = [r for r in term.text.replace("\n", "\r").split("\r") if r]
+    assert len(redraws) == 2
+    for r in redraws:
+        # every redraw fits the width (an erase-to-end code after it): no wrapped lines
+        assert len(r.replace("\x1b[K", "")) <= columns - 1, r
+    if columns >= 120:
+        assert "elapsed, ETA" in redraws[0]
+        # 500 of 2,000 samples in the elapsed time so far: 3 x that time left
+        elapsed, eta = redraws[0].split("samples/s, ")[1].split(" elapsed, ETA ")
+        to_s = lambda t: sum(int(x) * 60 ** i for i, x in enumerate(reversed(t.split(":"))))
+        assert to_s(eta.replace("\x1b[K", "")) == 3 * to_s(elapsed)
+    assert term.text.endswith("\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child needs POSIX signals")
+def test_ctrl_c_prints_the_summary_and_still_saves(tmp_path):
+    """Ctrl-C during training ends training, not the command: the summary of the model reached
+    is printed, --save writes it, and the exit code is 130 (the shell's for Ctrl-C)."""
+    import signal
+    saved = tmp_path / "m.safetensors"
+    environment = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+    proc = subprocess.Popen([sys.executable, "-m", "fastmlp", "train", "--epochs", "100000",
+                             "--hidden", "32", "--save", str(saved)], cwd=tmp_path,
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                       signal.SIG_DFL))
+    line = ""
+    while "epoch 2/" not in line:             # training is under way (one line per epoch)
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, "fastmlp train ended before training"
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("fastmlp train did not stop on SIGINT")
+    assert proc.returncode == 130, err
+    assert "interrupted in epoch" in err
+    accuracy, n_test = summary(out)
+    assert n_test > 0 and accuracy > 50
+    assert f"saved the model to {saved}" in out
+    assert fastmlp.load(saved).layer_sizes[1] == 32
+
+
+def test_integer_tables_are_not_taken_for_pixels():
+    from fastmlp.tools.cli import _features
+    table = np.array([[0, 16, 3], [1000, 2, 7]], dtype=np.int64)    # digits-like, and > 255
+    assert_bitwise_equal(_features(table), table.astype(np.float32))
+    assert_bitwise_equal(_features(table, 255.0), table.astype(np.float32) / np.float32(255))
+    images = np.zeros((2, 3, 3), np.uint8) + 51                       # IDX-like: scaled
+    assert_bitwise_equal(_features(images), np.full((2, 9), 0.2, np.float32))
+
+
+def test_a_continuous_target_is_refused_unless_forced(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", X=X, y=X[:, 0] * 1.7 + 0.1)
+    r = run(["train", "--data", "reg.npz", "--epochs", "1"], tmp_path, check=False)
+    assert r.returncode != 0 and "looks continuous" in r.stderr and "Traceback" not in r.stderr
+    # whole-number floats are classes; --task classification forces any values to be classes
+    np.savez(tmp_path / "cls.npz", X=X, y=(X[:, 0] > 0).astype(np.float64))
+    run(["train", "--data", "cls.npz", "--epochs", "1", "--quiet"], tmp_path)
+    np.savez(tmp_path / "few.npz", X=X, y=np.where(X[:, 0] > 0, 0.5, 1.5))
+    run(["train", "--data", "few.npz", "--epochs", "1", "--quiet", "--task", "classification"],
+        tmp_path)
+
+
+def test_the_test_split_is_shuffled_and_stratified():
+    from fastmlp.tools.cli import split_rows
+    y = np.repeat([0, 1, 2], [50, 30, 20])          # a file sorted by label
+    train, test = split_rows(y, 20, seed=0)
+    assert sorted(np.concatenate([train, test])) == list(range(100))
+    assert sorted(np.bincount(y[test])) == [4, 6, 10]      # each class its share
+    again, other = split_rows(y, 20, seed=0), split_rows(y, 20, seed=1)
+    assert np.array_equal(again[1], test) and not np.array_equal(other[1], test)
+    strings = np.array(["cat", "dog"] * 10)
+    assert set(strings[split_rows(strings, 4, 0)[1]]) == {"cat", "dog"}
