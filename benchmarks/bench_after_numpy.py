@@ -17,15 +17,10 @@ import time
 import numpy as np
 
 import fastmlp
-from fastmlp.tools.bench import blas_info, context
+from fastmlp.tools.bench import best_peak, blas_info, context, spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(128, 512, 784), (512, 512, 784), (128, 256, 512), (1024, 1024, 1024)]
-
-
-def spread(values):
-    v = sorted(values)
-    return {"median": v[len(v) // 2], "min": v[0], "max": v[-1]}
 
 
 def main():
@@ -40,7 +35,7 @@ def main():
               file=sys.stderr)
     fastmlp.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits
-    peak = max(fastmlp.measure_peak_gflops(0.2, n_threads=args.threads) for _ in range(5))
+    peak = best_peak(args.threads, tries=5)
     info = fastmlp.info()
     print(f"{info['cpu']} ({info['cpu_id']}), {info['isa']}, {args.threads} threads, peak "
           f"{peak:.0f} GFLOP/s; NumPy BLAS {blas_info()}")

@@ -76,11 +76,6 @@ def worker(args):
         print(json.dumps(out))
 
 
-def spread(values):
-    v = sorted(values)
-    return v[len(v) // 2], v[0], v[-1]
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -92,6 +87,12 @@ def main():
     if args.worker:
         return worker(args)
     import fastmlp
+    from fastmlp.tools.bench import best_peak, spread as _spread
+
+    def spread(values):         # (median, min, max), the JSON's form
+        s = _spread(values)
+        return s["median"], s["min"], s["max"]
+
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
                            + os.environ.get("PATH", ""))
     if mpiexec is None:
@@ -105,7 +106,7 @@ def main():
                                capture_output=True, text=True, check=True)
             runs[(ranks, threads)].append(json.loads(r.stdout.strip().splitlines()[-1]))
     info = fastmlp.info()
-    peak = max(fastmlp.measure_peak_gflops(0.3, n_threads=2) for _ in range(3))
+    peak = best_peak(2, 0.3)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=os.path.dirname(os.path.abspath(__file__)),

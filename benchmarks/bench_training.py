@@ -33,7 +33,7 @@ import numpy as np
 
 import fastmlp
 from fastmlp import datasets
-from fastmlp.tools.bench import blas_info, context
+from fastmlp.tools.bench import best_peak, blas_info, context
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [784, 512, 256, 10]
@@ -145,13 +145,7 @@ def run_numpy(X, y, Xt, yt, batch, seed, threads):
 def run_torch(X, y, Xt, yt, batch, seed, threads):
     import torch
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
+    model = _torch_model(seed)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xtr, ytr = torch.from_numpy(X), torch.from_numpy(y)
@@ -171,10 +165,14 @@ def run_torch(X, y, Xt, yt, batch, seed, threads):
     return seconds, float(acc)
 
 
-_COMPILED = {}      # (framework, batch, threads) -> (step, init, compile seconds)
+# compiled steps kept across runs: ("torch.compile", batch, threads) -> [model, optimizer,
+# compiled step, shapes compiled, compile seconds]; ("jax", batch) -> [step, init, shapes
+# compiled, compile seconds]
+_COMPILED = {}
 
 
 def _torch_model(seed):
+    """The benchmark's network (Linear + ReLU layers), initialised from seed."""
     import torch
     torch.manual_seed(seed)
     layers = []
@@ -329,7 +327,7 @@ def main():
     X, y, Xt, yt = load(args.data)
     info = fastmlp.info()
     # the peak at the benchmark's thread count, before the spinner starts: the best of 5
-    peak = max(fastmlp.measure_peak_gflops(0.2, n_threads=args.threads) for _ in range(5))
+    peak = best_peak(args.threads, tries=5)
     print(f"fastmlp {info['version']} isa={info['isa']} threads={args.threads}; cpu {info['cpu']} "
           f"({info['cpu_id']}); peak {peak:.0f} GFLOP/s on {args.threads} threads; numpy "
           f"{np.__version__} BLAS {blas_info()}; load average {os.getloadavg()}")

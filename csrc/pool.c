@@ -12,7 +12,6 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "fastmlp.h"
 #include "pool.h"
@@ -30,8 +29,7 @@
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t wake;
-    int started;          /* workers created, under mu */
-    pid_t pid;            /* the process that created them */
+    int started;          /* workers created, under mu (reset in a forked child) */
     _Atomic uint64_t gen; /* the job's generation; workers wait for it to change */
     _Atomic uint64_t claim;
     _Atomic ptrdiff_t done;
@@ -42,7 +40,7 @@ static struct {
     void *ctx;
     ptrdiff_t n_tasks;
     int n_threads;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0,
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0,
           ATOMIC_FLAG_INIT, NULL, NULL, 0, 0};
 
 static inline void cpu_relax(void)
@@ -101,13 +99,9 @@ static void *worker(void *arg)
     return NULL;
 }
 
-/* Workers for n_threads executors, under mu (fork: the child's count starts again at 0). */
+/* Workers for n_threads executors, under mu. */
 static void ensure_workers(int n_threads)
 {
-    if (pool.pid != getpid()) {
-        pool.started = 0;
-        pool.pid = getpid();
-    }
     while (pool.started < n_threads - 1) {
         pthread_t t;
         pthread_attr_t attr;
@@ -128,7 +122,6 @@ static void child_after_fork(void)
     pthread_cond_init(&pool.wake, NULL);
     atomic_flag_clear(&pool.busy);
     pool.started = 0;
-    pool.pid = getpid();
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;

@@ -969,8 +969,7 @@ cdef class TrainStep:
             raise ValueError("loss_and_grad needs a network without batch normalization (its "
                              "statistics would depend on how the data are cut into chunks)")
         cdef _Input all_rows
-        self._shard(0, total_weight)
-        self.total_weight = 0.0          # chunks are whole batches; the division is ours
+        self._shard(0, None)             # chunks are whole batches; the division is ours
         cdef double divide_by = _real(total_weight, "total_weight", 0.0, math.inf, True) \
             if total_weight is not None else 0.0
         self._validate(X, y, sample_weight, None, &all_rows, True)

@@ -94,7 +94,7 @@ def agree(comm, error=None):
     raise DistributedError(f"rank {r} failed: {errors[r]}", r, errors[r])
 
 
-class _Collective:
+class collective:
     """with collective(comm): a block every rank runs; if it raises on any rank, it raises on
     every rank at its end (agree). comm None: a plain block."""
 
@@ -108,9 +108,6 @@ class _Collective:
         if self.comm is not None:
             agree(self.comm, exc)
         return False
-
-
-collective = _Collective
 
 
 def _signature(step):
