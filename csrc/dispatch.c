@@ -1,7 +1,8 @@
 /* dispatch.c: run-time choice of the ISA path, and the public entry points of fastmlp.h, each a
  * call through the active table. The table is chosen once at import (the Python layer reads
  * FASTMLP_ISA and calls fm_set_isa); tests switch it to cover every path in one run. The AVX2 and
- * AVX-512 tables exist on x86-64 only; elsewhere the generic path is the one there is. */
+ * AVX-512 tables exist on x86-64 only, the NEON one on aarch64 only; elsewhere the generic path
+ * is the one there is. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,9 @@
 static fm_kernels *const tables[FM_ISA_COUNT] = {
     [FM_ISA_GENERIC] = &fm_kernels_generic, [FM_ISA_AVX2] = &fm_kernels_avx2,
     [FM_ISA_AVX512] = &fm_kernels_avx512};
+#elif defined(__aarch64__)
+static fm_kernels *const tables[FM_ISA_COUNT] = {
+    [FM_ISA_GENERIC] = &fm_kernels_generic, [FM_ISA_NEON] = &fm_kernels_neon};
 #else
 static fm_kernels *const tables[FM_ISA_COUNT] = {[FM_ISA_GENERIC] = &fm_kernels_generic};
 #endif
@@ -30,6 +34,8 @@ int fm_cpu_supports(int isa)
     if (isa == FM_ISA_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#elif defined(__aarch64__)
+    if (isa == FM_ISA_NEON) return 1; /* baseline of the architecture */
 #endif
     return 0;
 }
@@ -43,24 +49,21 @@ int fm_set_isa(int isa)
 
 int fm_get_isa(void) { return active->isa; }
 
-/* The table of an ISA this build has, else the generic one. */
-static fm_kernels *table(int isa)
-{
-    return isa >= 0 && isa < FM_ISA_COUNT && tables[isa] ? tables[isa] : &fm_kernels_generic;
-}
+/* The table of an ISA this build has, else NULL. */
+static fm_kernels *table(int isa) { return isa >= 0 && isa < FM_ISA_COUNT ? tables[isa] : NULL; }
 
-void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
+int fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
 {
     const fm_kernels *k = table(isa);
+    if (!k) return FM_EINVAL;
     *mr = k->mr, *nr = k->nr, *kc = k->kc, *mc = k->mc, *nc = k->nc;
+    return FM_OK;
 }
 
 int fm_set_blocks(int isa, int kc, int mc, int nc)
 {
-    if (isa < 0 || isa >= FM_ISA_COUNT || !tables[isa] || kc < 1 || kc > 8192 || mc < 1 ||
-        mc > 8192 || nc < 1 || nc > 65536)
-        return FM_EINVAL;
-    fm_kernels *k = tables[isa];
+    fm_kernels *k = table(isa);
+    if (!k || kc < 1 || kc > 8192 || mc < 1 || mc > 8192 || nc < 1 || nc > 65536) return FM_EINVAL;
     k->kc = kc, k->mc = mc, k->nc = nc;
     return FM_OK;
 }
@@ -76,7 +79,8 @@ static const char *const activation_names[FM_ACT_COUNT] = {
     [FM_ACT_IDENTITY] = "identity", [FM_ACT_RELU] = "relu", [FM_ACT_LEAKY_RELU] = "leaky_relu",
     [FM_ACT_TANH] = "tanh", [FM_ACT_LOGISTIC] = "logistic", [FM_ACT_GELU] = "gelu"};
 static const char *const isa_names[FM_ISA_COUNT] = {
-    [FM_ISA_GENERIC] = "generic", [FM_ISA_AVX2] = "avx2", [FM_ISA_AVX512] = "avx512"};
+    [FM_ISA_GENERIC] = "generic", [FM_ISA_AVX2] = "avx2", [FM_ISA_AVX512] = "avx512",
+    [FM_ISA_NEON] = "neon"};
 static const char *const path_names[FM_PATH_COUNT] = {
     [FM_PATH_BLOCKED] = "blocked", [FM_PATH_BLOCKED_CT] = "blocked_ct", [FM_PATH_DOT] = "dot"};
 static const char *const kernel_names[FM_K_COUNT] = {

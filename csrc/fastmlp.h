@@ -46,7 +46,7 @@ enum {
 };
 
 /* Instruction-set paths compiled into the binary. */
-enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_COUNT = 3 };
+enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_NEON = 3, FM_ISA_COUNT = 4 };
 
 /* What the GEMM does to each element of C after the product, once, in registers, on the last
  * pass over K. Forward: c = act(c + bias[j]). Backward: c = c * act'(.) where act' is computed
@@ -264,9 +264,10 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
 int fm_cpu_supports(int isa);          /* 1 if this CPU (and OS) can run the ISA path */
 int fm_set_isa(int isa);               /* FM_OK, or FM_EINVAL if unsupported: nothing changes */
 int fm_get_isa(void);
-/* Block sizes of an ISA's GEMM (MR, NR fixed at compile time; KC, MC, NC tunable). */
-void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc);
-int fm_set_blocks(int isa, int kc, int mc, int nc);   /* FM_EINVAL if out of range */
+/* Block sizes of an ISA's GEMM (MR, NR fixed at compile time; KC, MC, NC tunable). Both return
+ * FM_EINVAL for an ISA this build does not have (and set_blocks for blocks out of range). */
+int fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc);
+int fm_set_blocks(int isa, int kc, int mc, int nc);
 /* Peak FMA throughput of the active ISA on nthreads threads, measured by a timed loop of
  * independent FMAs: GFLOP/s (2 flops per FMA lane). */
 double fm_measure_peak_gflops(double seconds, int nthreads);
@@ -314,7 +315,7 @@ int fm_profile_stop(fm_prof_entry *out, int capacity);
 
 /* ---- Names: one per enum value, the names the Python layer uses ("unknown" out of range) --- */
 const char *fm_activation_name(int act);   /* FM_ACT_*: "identity", "relu", ... */
-const char *fm_isa_name(int isa);          /* FM_ISA_*: "generic", "avx2", "avx512" */
+const char *fm_isa_name(int isa);          /* FM_ISA_*: "generic", "avx2", "avx512", "neon" */
 const char *fm_path_name(int path);        /* FM_PATH_*: "blocked", "blocked_ct", "dot" */
 const char *fm_kernel_name(int kernel);    /* FM_K_*: the kernel's Python name, "matmul", ... */
 

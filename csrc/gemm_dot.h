@@ -34,8 +34,7 @@ static inline __attribute__((always_inline)) void vsum_round(vf *w, int h)
     vi lo = half_mask(h, 0), hi = half_mask(h, 1);
 #pragma GCC unroll 8
     for (int p = 0; p < h; p++)
-        w[p] = __builtin_shuffle(w[2 * p], w[2 * p + 1], lo) +
-               __builtin_shuffle(w[2 * p], w[2 * p + 1], hi);
+        w[p] = vshuffle2(w[2 * p], w[2 * p + 1], lo) + vshuffle2(w[2 * p], w[2 * p + 1], hi);
 }
 
 /* v[0 .. n) -> one vector whose lane c is the sum of v[c]'s lanes, as the pairwise tree that
@@ -70,10 +69,11 @@ dot_step(int rows, int n, const float *a, ptrdiff_t lda, const float *bt, ptrdif
         vf b = kn == VLEN ? vload(bt + j * ldbt) : vload_n(bt + j * ldbt, kn);
         /* Keep b in a register: GCC would fold the load into each row's FMA, and with one load
          * per FMA the loop waits on loads (85aa6d3: benchmarks/results/gemm_rules.md, "dot
-         * path"). The "v" constraint (any SIMD register) is x86's; elsewhere GCC's own choice
-         * stands. */
+         * path"). "v" (x86) and "w" (aarch64) name any SIMD register. */
 #if defined(__x86_64__)
         __asm__("" : "+v"(b));
+#elif defined(__aarch64__)
+        __asm__("" : "+w"(b));
 #endif
 #pragma GCC unroll 4
         for (int i = 0; i < rows; i++) acc[i][j] = vfma(av[i], b, acc[i][j]);

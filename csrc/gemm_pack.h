@@ -47,8 +47,8 @@ static inline __attribute__((always_inline)) void vtranspose(vf r[VLEN])
         for (int i = 0; i < VLEN; i++) {
             if (i & b) continue;
             vf x = r[i], y = r[i + b];
-            r[i] = __builtin_shuffle(x, y, lo);
-            r[i + b] = __builtin_shuffle(x, y, hi);
+            r[i] = vshuffle2(x, y, lo);
+            r[i + b] = vshuffle2(x, y, hi);
         }
     }
 }

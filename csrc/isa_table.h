@@ -1,8 +1,29 @@
 /* isa_table.h: the body of every isa_*.c. Includes the kernels written once and exports them as
- * the table FM_TABLE for dispatch.c. The including file has already chosen the target (pragma and
- * FM_TARGET_* macro). */
-#include <stdlib.h>
+ * the table FM_TABLE for dispatch.c. The including file names its target: an FM_TARGET_* macro
+ * and, where the path needs more than the architecture's baseline, FM_TARGET_FEATURES. */
+#include <math.h>
 #include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(FM_TARGET_AVX2) || defined(FM_TARGET_AVX512)
+#include <immintrin.h>
+#endif
+
+/* The target features apply to fastmlp's own functions, from here to the end of the unit: the
+ * system headers above are compiled for the baseline. GCC takes a target pragma. Clang has no
+ * such pragma that reaches the functions OpenMP outlines from parallel regions, so for clang
+ * setup.py compiles this unit alone with the features as flags (ISA_FLAGS there). */
+#define FM_PRAGMA_(x) _Pragma(#x)
+#define FM_PRAGMA(x) FM_PRAGMA_(x)
+#if defined(FM_TARGET_FEATURES) && !defined(__clang__)
+FM_PRAGMA(GCC target(FM_TARGET_FEATURES))
+#elif defined(FM_TARGET_AVX2) && !(defined(__AVX2__) && defined(__FMA__))
+#error "clang: compile isa_avx2.c with -mavx2 -mfma (setup.py does)"
+#elif defined(FM_TARGET_AVX512) && !(defined(__AVX512F__) && defined(__AVX512DQ__) && \
+                                     defined(__AVX512BW__) && defined(__AVX512VL__))
+#error "clang: compile isa_avx512.c with the AVX-512 flags in setup.py's ISA_FLAGS"
+#endif
 
 #include "kernels.h"
 #include "simd.h"

@@ -41,6 +41,8 @@ typedef struct fm_kernels {
 extern fm_kernels fm_kernels_generic;
 #if defined(__x86_64__)
 extern fm_kernels fm_kernels_avx2, fm_kernels_avx512;
+#elif defined(__aarch64__)
+extern fm_kernels fm_kernels_neon;
 #endif
 
 /* Scratch floats one thread of matmul needs with the given blocks (two 64-byte aligned

@@ -101,7 +101,41 @@ static inline void vtranspose(vf r[8])
     }
 }
 
-#else /* generic: 4-wide vectors, plain C (GCC vector extensions: SSE2 on x86-64) */
+#elif defined(FM_TARGET_NEON)
+/* aarch64: NEON is the architecture's baseline, so this path needs no target and no check; it
+ * differs from the generic one by its FMA and a register tile sized for NEON's 32 registers. */
+#include <arm_neon.h>
+#define VLEN 4
+#define FM_MR 6 /* 24 accumulators + 4 B vectors + 1 broadcast of 32 q registers */
+#define FM_NR 16
+#define FM_KC 256
+#define FM_MC 96
+#define FM_NC 512
+#define FM_PACK_B_LD 1024
+typedef float vf __attribute__((vector_size(16)));
+typedef int32_t vi __attribute__((vector_size(16)));
+static inline int vclamp_(int n) { return n < 0 ? 0 : n > VLEN ? VLEN : n; }
+static inline vf vload(const float *p) { return (vf)vld1q_f32(p); }
+static inline void vstore(float *p, vf x) { vst1q_f32(p, (float32x4_t)x); }
+static inline vf vload_n(const float *p, int n)
+{
+    if (n >= VLEN) return vload(p);
+    vf x = {0};
+    memcpy(&x, p, (size_t)vclamp_(n) * sizeof(float));
+    return x;
+}
+static inline void vstore_n(float *p, vf x, int n)
+{
+    if (n >= VLEN)
+        vstore(p, x);
+    else
+        memcpy(p, &x, (size_t)vclamp_(n) * sizeof(float));
+}
+static inline vf vfma(vf a, vf b, vf c) { return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b); }
+static inline vf vsplat(float x) { return (vf)vdupq_n_f32(x); }
+
+#else /* generic: 4-wide vectors, plain C (GCC vector extensions: SSE2 on x86-64, NEON on
+       * aarch64, without FMA) */
 #define VLEN 4
 #define FM_MR 6
 #define FM_NR 8
@@ -121,12 +155,27 @@ static inline vf vload_n(const float *p, int n)
     return x;
 }
 static inline void vstore_n(float *p, vf x, int n) { memcpy(p, &x, (size_t)vclamp_(n) * sizeof(float)); }
-/* No FMA on the x86-64 baseline: a multiply and an add (two roundings). */
+/* No FMA on the x86-64 baseline: a multiply and an add (two roundings), on every architecture. */
 static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
 static inline vf vsplat(float x) { return (vf){x, x, x, x}; }
 #endif
 
 /* ---- Shared vector helpers (same source for every ISA) ---------------------------------------- */
+
+/* The lanes of the concatenation x|y that m picks (m[l] < VLEN: x[m[l]], else y[m[l] - VLEN]).
+ * GCC's __builtin_shuffle takes m as a vector; clang's __builtin_shufflevector only constant
+ * indices, so for clang a lane loop, which its optimizer folds into the same shuffle once the
+ * callers' loops are unrolled and m is a constant. */
+static inline vf vshuffle2(vf x, vf y, vi m)
+{
+#if defined(__clang__)
+    vf r;
+    for (int l = 0; l < VLEN; l++) r[l] = m[l] < VLEN ? x[m[l]] : y[m[l] - VLEN];
+    return r;
+#else
+    return __builtin_shuffle(x, y, m);
+#endif
+}
 
 /* m lanes are all ones or all zeros (the result of a vector comparison). */
 static inline vf vselect(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }

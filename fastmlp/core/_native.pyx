@@ -160,7 +160,7 @@ def supported_isas():
 
 
 def set_isa(str name):
-    """Switch every kernel to the named ISA path ('generic', 'avx2', 'avx512'). Raises RuntimeError
+    """Switch every kernel to the named ISA path (one of ISAS). Raises RuntimeError
     if this CPU cannot run it. Meant for tests and benchmarks; FASTMLP_ISA does it at import."""
     cdef int i = _isa_index(name)
     if fm_set_isa(i) != FM_OK:
@@ -176,7 +176,8 @@ def get_isa():
 def gemm_blocks(str isa=None):
     """The GEMM block sizes of an ISA path (default: the one in use) as a dict mr, nr, kc, mc, nc."""
     cdef int mr, nr, kc, mc, nc
-    fm_get_blocks(_isa_index(isa) if isa else fm_get_isa(), &mr, &nr, &kc, &mc, &nc)
+    if fm_get_blocks(_isa_index(isa) if isa else fm_get_isa(), &mr, &nr, &kc, &mc, &nc) != FM_OK:
+        raise RuntimeError(f"the {isa!r} ISA path is not in this build")
     return dict(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc)
 
 

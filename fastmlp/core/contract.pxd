@@ -24,6 +24,7 @@ cdef extern from "fastmlp.h" nogil:
         FM_ISA_GENERIC
         FM_ISA_AVX2
         FM_ISA_AVX512
+        FM_ISA_NEON
         FM_ISA_COUNT
 
     enum:
@@ -157,7 +158,7 @@ cdef extern from "fastmlp.h" nogil:
     int fm_cpu_supports(int isa)
     int fm_set_isa(int isa)
     int fm_get_isa()
-    void fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
+    int fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
     int fm_set_blocks(int isa, int kc, int mc, int nc)
     double fm_measure_peak_gflops(double seconds, int nthreads)
 

@@ -108,7 +108,7 @@ def configure(kernels=_native):
                 raise ImportError(f"FASTMLP_GEMM_{key.upper()}={value!r} must be a positive integer")
             blocks[key] = int(value)
     if blocks:
-        for name in kernels.ISAS:
+        for name in kernels.supported_isas():
             current = kernels.gemm_blocks(name)
             current.update(blocks)
             kernels.set_gemm_blocks(name, current["kc"], current["mc"], current["nc"])

@@ -5,6 +5,7 @@ Numerical results here are compared bitwise (same kernel, same inputs) or with t
 test_gemm.py (2 K u |a| @ |b|, fastmlp.testing.gemm_error_bound).
 """
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -257,8 +258,20 @@ def test_unknown_isa():
     with pytest.raises(ValueError, match=r"unknown ISA 'sse9'"):
         core.set_isa("sse9")
     with pytest.raises(ValueError, match=r"unknown ISA"):
-        core.gemm_blocks("neon")
+        core.gemm_blocks("sve")
     assert core.get_isa() in core.supported_isas()
+
+
+def test_isa_not_in_this_build():
+    # each architecture builds its own paths: x86-64 has no NEON table, aarch64 no AVX ones
+    absent = "neon" if platform.machine().lower() in ("x86_64", "amd64") else "avx2"
+    with pytest.raises(RuntimeError, match=f"the '{absent}' ISA path is not in this build"):
+        core.gemm_blocks(absent)
+    with pytest.raises(RuntimeError, match="not in this build"):
+        core.set_gemm_blocks(absent, 64, 64, 64)
+    with pytest.raises(RuntimeError, match="does not support"):
+        core.set_isa(absent)
+    assert absent not in core.supported_isas()
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,13 +397,13 @@ def test_fastmlp_isa_env_default_is_widest(tmp_path):
     assert r.stdout.split()[0] == core.supported_isas()[-1]
 
 
-@pytest.mark.parametrize("value", ["sse9", "AVX-512", "neon"])
+@pytest.mark.parametrize("value", ["sse9", "AVX-512", "sve"])
 def test_fastmlp_isa_env_bogus_fails_at_import(tmp_path, value):
     r = _run_python("import fastmlp", tmp_path, FASTMLP_ISA=value)
     assert r.returncode != 0
     assert "ImportError" in r.stderr
     assert f"FASTMLP_ISA={value.lower()!r} is not an ISA path" in r.stderr
-    assert "generic, avx2, avx512" in r.stderr
+    assert "generic, avx2, avx512, neon" in r.stderr
 
 
 def test_fastmlp_isa_env_unsupported_fails_at_import(tmp_path):
@@ -459,7 +472,7 @@ def test_every_kernel_has_one_name_in_c_python_and_the_reference():
 def test_enum_names_come_from_one_place():
     assert fastmlp.ACTIVATIONS is core.ACTIVATIONS is fastmlp.reference.ACTIVATIONS
     assert core.ACTIVATIONS == ("identity", "relu", "leaky_relu", "tanh", "logistic", "gelu")
-    assert core.ISAS == ("generic", "avx2", "avx512")
+    assert core.ISAS == ("generic", "avx2", "avx512", "neon")
     assert core.GEMM_PATHS == ("blocked", "blocked_ct", "dot")
     assert set(core.LOSSES) <= set(core.KERNELS)
     assert {f"{o}_update" for o in core.OPTIMIZERS} <= set(core.KERNELS)

@@ -576,7 +576,7 @@ def test_plan_of_mlp_products(isa, name, shape, ta, tb, paths):
 def test_plan_narrow_paths_exist_where_the_lanes_are(isa):
     """On every ISA, an N no wider than one vector takes the dot path forward and C^T for a
     transposed A: the same 256x10 products with N = VLEN / 2 classes."""
-    vlen = {"generic": 4, "avx2": 8, "avx512": 16}[isa]
+    vlen = {"generic": 4, "avx2": 8, "avx512": 16, "neon": 4}[isa]
     n = vlen // 2
     assert _plan(128, n, 256)["path"] == "dot"
     assert _plan(256, n, 128, ta=True)["path"] == "blocked_ct"

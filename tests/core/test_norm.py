@@ -43,7 +43,7 @@ from conftest import bitwise_across_threads, f32, f64
 
 ACTS = fastmlp.ACTIVATIONS
 SLOPE = 0.05
-VLEN = {"generic": 4, "avx2": 8, "avx512": 16}
+VLEN = {"generic": 4, "avx2": 8, "avx512": 16, "neon": 4}
 # N as a function of VLEN: one lane, a partial vector, a full one, one past it, several and a tail
 N_SPECS = {"1": lambda v: 1, "V-1": lambda v: v - 1, "V": lambda v: v, "V+1": lambda v: v + 1,
            "3V+5": lambda v: 3 * v + 5}

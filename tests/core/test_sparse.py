@@ -42,7 +42,7 @@ ACTS = fastmlp.ACTIVATIONS
 MAX_DERIV = {"identity": 1.0, "relu": 1.0, "leaky_relu": 1.0, "tanh": 1.0, "logistic": 0.25,
              "gelu": 1.13}
 SLOPE = 0.05
-VLEN = {"generic": 4, "avx2": 8, "avx512": 16}
+VLEN = {"generic": 4, "avx2": 8, "avx512": 16, "neon": 4}
 SP_NV = 8      # vectors per register block of the forward (csrc/sparse_impl.h)
 
 
