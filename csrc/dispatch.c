@@ -226,13 +226,22 @@ int fm_matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, f
     prof_key key = {FM_K_MATMUL, ep ? ep->act : FM_ACT_IDENTITY,
                     ep ? ep->grad_act : FM_ACT_IDENTITY, plan.path,
                     (trans_a ? FM_PROF_TRANS_A : 0) | (trans_b ? FM_PROF_TRANS_B : 0) |
-                        (ep && ep->bias ? FM_PROF_BIAS : 0),
+                        (ep && ep->bias ? FM_PROF_BIAS : 0) |
+                        (ep && ep->update ? FM_PROF_UPDATE : 0),
                     M, N, K};
     double mn = (double)M * (double)N;
     double bytes = F4 * ((double)M * K + (double)K * N + mn * (beta != 0.0f ? 2 : 1) +
                          (ep && ep->bias ? N : 0) + (ep && ep->y ? mn : 0) + (ep && ep->z ? mn : 0));
+    double flops = 2.0 * mn * (double)K;
+    if (ep && ep->update) { /* the update kernel's flops and its arrays' traffic (profiler.py) */
+        const fm_update *u = ep->update;
+        int adam = u->kernel == FM_K_ADAM_UPDATE, rmsprop = u->kernel == FM_K_RMSPROP_UPDATE;
+        int arrays = adam ? 3 : rmsprop || u->momentum != 0.0 ? 2 : 1; /* p and its state */
+        flops += mn * (adam ? 14 : rmsprop ? 10 : u->momentum != 0.0 ? 6 : 4);
+        bytes += F4 * 2.0 * arrays * mn;
+    }
     int r;
-    PROFILED(key, 2.0 * mn * (double)K, bytes,
+    PROFILED(key, flops, bytes,
              r = k->matmul(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep,
                            work, work_floats, nthreads));
     return r;

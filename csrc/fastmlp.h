@@ -48,10 +48,28 @@ enum {
 /* Instruction-set paths compiled into the binary. */
 enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_NEON = 3, FM_ISA_COUNT = 4 };
 
+/* An optimizer step (one of the update kernels below, named by kernel: FM_K_SGD_UPDATE,
+ * FM_K_RMSPROP_UPDATE or FM_K_ADAM_UPDATE) on a parameter P whose gradient is a GEMM's C: the
+ * hyperparameters of that kernel (the others are ignored), and P and its state (sgd: s1 the
+ * velocity or NULL with momentum 0; rmsprop: s1 the squares; adam: s1 = m, s2 = v), each laid
+ * out as C, with C's leading dimension. */
+typedef struct {
+    int kernel;
+    float *p, *s1, *s2;     /* INOUT */
+    long step;              /* adam */
+    double lr, l2, momentum, rho, beta1, beta2, eps, weight_decay;
+    int nesterov;           /* sgd */
+} fm_update;
+
 /* What the GEMM does to each element of C after the product, once, in registers, on the last
  * pass over K. Forward: c = act(c + bias[j]). Backward: c = c * act'(.) where act' is computed
  * from y (activation output) or, for GELU, z (pre-activation), exactly as
- * fm_activation_backward does. act and grad_act are never both set (the bindings reject it). */
+ * fm_activation_backward does. act and grad_act are never both set (the bindings reject it).
+ * Then, with update: c is stored and the optimizer steps the element (i, j) of update's arrays
+ * with gradient c, with the arithmetic of its kernel: the bits of fm_matmul followed by the
+ * update kernel over the same elements, without a second pass over the gradient (the training
+ * step fuses each weight's update into the product that makes its gradient). The arrays must
+ * not overlap A, B, C or each other; the sparse products refuse an update (FM_EINVAL). */
 typedef struct {
     const float *bias;     /* IN [N] or NULL */
     int act;               /* forward activation, FM_ACT_IDENTITY = none */
@@ -61,6 +79,7 @@ typedef struct {
     ptrdiff_t ldy;
     const float *z;        /* IN [M, N] (ldz) pre-activation, for grad_act = gelu */
     ptrdiff_t ldz;
+    const fm_update *update; /* IN or NULL: an optimizer step on the result */
 } fm_epilogue;
 
 /* ---- GEMM ---------------------------------------------------------------------------------- */
@@ -279,7 +298,8 @@ double fm_measure_peak_gflops(double seconds, int nthreads);
  * C (if beta != 0), bias and y/z plus the write of C; the sparse products 2 nnz N flops (nnz: the
  * entries of the rows used) and every array read or written once; elementwise kernels one flop
  * per element per arithmetic step of their definition and every array read or written once (all
- * documented in fastmlp/tools/profiler.py). */
+ * documented in fastmlp/tools/profiler.py; a product with an update epilogue adds its
+ * optimizer's flops and bytes, those of the update kernel over M N elements). */
 enum {
     FM_K_MATMUL = 0, FM_K_BIAS_ACTIVATION = 1, FM_K_ACTIVATION_BACKWARD = 2, FM_K_BIAS_GRAD = 3,
     FM_K_SOFTMAX_CROSS_ENTROPY = 4, FM_K_SIGMOID_CROSS_ENTROPY = 5, FM_K_MSE_LOSS = 6,
@@ -293,7 +313,8 @@ enum {
     FM_PROF_TRANS_A = 1, FM_PROF_TRANS_B = 2, FM_PROF_BIAS = 4,  /* matmul (bias: sparse_matmul) */
     FM_PROF_MOMENTUM = 8, FM_PROF_NESTEROV = 16,                 /* sgd_update */
     FM_PROF_WEIGHT_DECAY = 32,                                   /* adam_update */
-    FM_PROF_TRAINING = 64                                        /* batchnorm_forward */
+    FM_PROF_TRAINING = 64,                                       /* batchnorm_forward */
+    FM_PROF_UPDATE = 128                           /* matmul: an update epilogue (fm_update) */
 };
 typedef struct {
     int kernel;         /* FM_K_* */

@@ -117,6 +117,7 @@ dot_range_n(int n, const gemm_args *g, const float *bt, ptrdiff_t ldbt, ptrdiff_
         else
             dot_tile(1, n, g->K, g->A + i * g->lda, g->lda, bt, ldbt, out);
         for (int r = 0; r < rows; r++) store_c(g, out[r], i + r, 0, n, 1, 1);
+        if (g->upd) update_block(g, i, rows, 0, n);
         i += rows;
     }
 }

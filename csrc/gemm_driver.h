@@ -44,7 +44,7 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                     for (ptrdiff_t jr = 0; jr < nc; jr += FM_NR) {
                         int nr = (int)min_pd(FM_NR, nc - jr);
                         /* the epilogue needs the tile in memory; a plain store does not */
-                        int direct = !(last && g->ep) && !g->tc;
+                        int direct = !(last && tile_epilogue(g->ep)) && !g->tc;
                         float *c = direct ? g->C + (ic + ir) * g->ldc + jc + jr : NULL;
                         if (g->pack_b)
                             run_tile(kc, a, a_packed, a_rs(g), a_cs(g), bpack + jr * kc, FM_NR,
@@ -54,6 +54,13 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                                      g->B + pc * g->ldb + jc + jr, g->ldb, nr, tile, g, c, mr, nr,
                                      first);
                         if (!direct) tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
+                    }
+                    /* these rows of C are final: the update epilogue (C^T's rows are C's columns) */
+                    if (last && g->upd) {
+                        if (g->tc)
+                            update_block(g, jc, nc, ic + ir, mr);
+                        else
+                            update_block(g, ic + ir, mr, jc, nc);
                     }
                 }
             }
@@ -158,13 +165,17 @@ static int matmul(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t 
                   int nthreads)
 {
     if (M <= 0 || N <= 0) return FM_OK;
-    if (ep && !ep->bias && ep->act == FM_ACT_IDENTITY && ep->grad_act == FM_ACT_IDENTITY)
+    if (ep && !ep->bias && ep->act == FM_ACT_IDENTITY && ep->grad_act == FM_ACT_IDENTITY &&
+        !ep->update)
         ep = NULL; /* nothing to apply */
+    update_ctx upd;
+    if (ep && ep->update) upd = update_constants(ep->update);
     fm_matmul_plan p;
     plan_matmul(trans_a, trans_b, M, N, K, lda, ldb, nthreads, &p);
     if (p.path == FM_PATH_BLOCKED_CT)
         transpose_product(&trans_a, &trans_b, &M, &N, &A, &lda, &B, &ldb);
     gemm_args g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C, ep,
-                   p.kc, p.mc, p.nc, p.pack_b, p.path == FM_PATH_BLOCKED_CT};
+                   p.kc, p.mc, p.nc, p.pack_b, p.path == FM_PATH_BLOCKED_CT,
+                   ep && ep->update ? &upd : NULL};
     return run_plan(&p, &g, work, work_floats);
 }

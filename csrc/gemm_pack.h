@@ -15,6 +15,7 @@ typedef struct {
     int kc, mc, nc;
     int pack_b;
     int tc; /* the product computed is C^T (M, N, A, B as seen by the loops): FM_PATH_BLOCKED_CT */
+    const update_ctx *upd; /* ep->update's constants, or NULL */
 } gemm_args;
 
 /* op(A)[i, k] in place: a + i * rs + k * cs. */

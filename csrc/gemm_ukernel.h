@@ -14,7 +14,9 @@
  *     each; C is combined as alpha*s + beta*C on the first block and C + alpha*s on later ones.
  *     Nothing here depends on M, on the tile's position or on the thread count (fastmlp.h rule 4).
  *  4. Only the valid mr x nr corner of the tile is read or written in C (masked vector stores).
- *  5. The epilogue runs once, on the last K block, on the values about to be stored.
+ *  5. The epilogue runs once, on the last K block, on the values about to be stored; an
+ *     update epilogue's optimizer step runs once per element, on a block of C once it is final
+ *     (update_block).
  */
 
 /* The rows x (nv VLEN) product over kc steps (contract 3), rows <= MR. A is read at
@@ -138,6 +140,13 @@ static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, 
 
 /* Combine x, lanes [0, n) of row i of C from column j on, with C; apply the epilogue on the last
  * K block; store (contracts 3-5). */
+/* Whether the epilogue works on the tile's values (an update epilogue alone does not: it runs on
+ * C afterwards, update_block). */
+static inline int tile_epilogue(const fm_epilogue *ep)
+{
+    return ep && (ep->bias || ep->act != FM_ACT_IDENTITY || ep->grad_act != FM_ACT_IDENTITY);
+}
+
 static inline void store_c(const gemm_args *g, vf x, ptrdiff_t i, ptrdiff_t j, int n, int first,
                            int last)
 {
@@ -161,6 +170,24 @@ static inline void store_c(const gemm_args *g, vf x, ptrdiff_t i, ptrdiff_t j, i
         vstore(c, x);
     else
         vstore_n(c, x, n);
+}
+
+/* The update epilogue (fastmlp.h) on the finished block rows [i0, i0 + rows) x columns
+ * [j0, j0 + cols) of C (C's own coordinates): the optimizer steps each element with the gradient
+ * just stored there. Run once a block is final, row by row: the gradient is read back from L1 or
+ * L2, and the parameter and its state stream in long runs (stepping in the tile loop itself,
+ * 32 floats of four arrays a row, measured slower than a pass of its own). */
+static void update_block(const gemm_args *g, ptrdiff_t i0, ptrdiff_t rows, ptrdiff_t j0,
+                         ptrdiff_t cols)
+{
+    const fm_update *up = g->ep->update;
+    for (ptrdiff_t i = i0; i < i0 + rows; i++)
+        for (ptrdiff_t j = j0; j < j0 + cols; j += VLEN) {
+            ptrdiff_t at = i * g->ldc + j;
+            int n = (int)min_pd(VLEN, j0 + cols - j);
+            update_vector(g->upd, vload_n(g->C + at, n), up->p + at, up->s1 ? up->s1 + at : NULL,
+                          up->s2 ? up->s2 + at : NULL, n);
+        }
 }
 
 /* The mr x nr tile at (row, col) of the product computed, to C. With g->tc the product is C^T

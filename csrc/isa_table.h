@@ -27,6 +27,7 @@ FM_PRAGMA(GCC target(FM_TARGET_FEATURES))
 
 #include "kernels.h"
 #include "simd.h"
+#include "optim_impl.h"
 #include "gemm_pack.h"
 #include "gemm_ukernel.h"
 #include "gemm_dot.h"

@@ -323,91 +323,51 @@ static int poisson_loss(ptrdiff_t M, ptrdiff_t N, const float *Z, const float *T
     return target_loss(M, N, Z, T, w, dZ, loss, nthreads, poisson_loss_row);
 }
 
-/* ---- Optimizer updates: one pass over parameter, gradient and state -------------------------- */
+/* ---- Optimizer updates: one pass over parameter, gradient and state (optim_impl.h holds the
+ * arithmetic, shared with the GEMM's update epilogue) ---------------------------------------- */
 
-typedef struct {
-    float *p, *s1, *s2;
-    const float *g;
-    float lr, l2, a, b, c, d, eps, decay; /* the update's constants (each kernel's own) */
-    int nesterov;
-} update_ctx;
-
-static void sgd_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+static void update_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
 {
     const update_ctx *u = ctx;
-    float *restrict p = u->p, *restrict vel = u->s1;
-    const float *restrict g = u->g;
-    float lr = u->lr, l2 = u->l2, mom = u->a;
-    for (ptrdiff_t i = lo; i < hi; i++) {
-        float gi = g[i] + l2 * p[i];
-        if (mom == 0.0f) {
-            p[i] = p[i] - lr * gi;
-        } else {
-            float v = mom * vel[i] - lr * gi;
-            vel[i] = v;
-            p[i] = p[i] + (u->nesterov ? mom * v - lr * gi : v);
-        }
+    for (ptrdiff_t i = lo; i < hi; i += VLEN) {
+        int n = (int)(hi - i < VLEN ? hi - i : VLEN);
+        update_vector(u, vload_n(u->g + i, n), u->p + i, u->s1 ? u->s1 + i : NULL,
+                      u->s2 ? u->s2 + i : NULL, n);
     }
 }
 
-static void sgd_update(ptrdiff_t n, float *p, const float *g, double lr_, double l2_, double mom_,
+static void run_update(ptrdiff_t n, update_ctx *u, const float *g, float *p, float *s1, float *s2,
+                       int nthreads)
+{
+    u->g = g, u->p = p, u->s1 = s1, u->s2 = s2;
+    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), update_range, u);
+}
+
+static void sgd_update(ptrdiff_t n, float *p, const float *g, double lr, double l2, double mom,
                        int nesterov, float *vel, int nthreads)
 {
-    update_ctx u = {.p = p, .s1 = vel, .g = g, .lr = (float)lr_, .l2 = (float)l2_,
-                    .a = (float)mom_, .nesterov = nesterov};
-    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), sgd_range, &u);
+    fm_update up = {.kernel = FM_K_SGD_UPDATE, .lr = lr, .l2 = l2, .momentum = mom,
+                    .nesterov = nesterov};
+    update_ctx u = update_constants(&up);
+    run_update(n, &u, g, p, vel, NULL, nthreads);
 }
 
-static void rmsprop_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
+static void rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr,
+                           double rho, double eps, double l2, int nthreads)
 {
-    const update_ctx *u = ctx;
-    float *restrict p = u->p, *restrict sq = u->s1;
-    const float *restrict g = u->g;
-    float lr = u->lr, l2 = u->l2, rho = u->a, c = u->b, eps = u->eps;
-    for (ptrdiff_t i = lo; i < hi; i++) {
-        float gi = g[i] + l2 * p[i];
-        float s = rho * sq[i] + c * (gi * gi);
-        sq[i] = s;
-        p[i] = p[i] - lr * gi / (sqrtf(s) + eps);
-    }
+    fm_update up = {.kernel = FM_K_RMSPROP_UPDATE, .lr = lr, .l2 = l2, .rho = rho, .eps = eps};
+    update_ctx u = update_constants(&up);
+    run_update(n, &u, g, p, sq, NULL, nthreads);
 }
 
-static void rmsprop_update(ptrdiff_t n, float *p, const float *g, float *sq, double lr_,
-                           double rho_, double eps_, double l2_, int nthreads)
-{
-    update_ctx u = {.p = p, .s1 = sq, .g = g, .lr = (float)lr_, .l2 = (float)l2_,
-                    .a = (float)rho_, .b = (float)(1.0 - rho_), .eps = (float)eps_};
-    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), rmsprop_range, &u);
-}
-
-static void adam_range(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
-{
-    const update_ctx *u = ctx;
-    float *restrict p = u->p, *restrict m = u->s1, *restrict v = u->s2;
-    const float *restrict g = u->g;
-    float lr_t = u->lr, l2 = u->l2, b1 = u->a, c1 = u->b, b2 = u->c, c2 = u->d, eps = u->eps,
-          decay = u->decay;
-    for (ptrdiff_t i = lo; i < hi; i++) {
-        float gi = g[i] + l2 * p[i];
-        float mi = b1 * m[i] + c1 * gi;
-        float vi_ = b2 * v[i] + c2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi_;
-        p[i] = p[i] * decay - lr_t * mi / (sqrtf(vi_) + eps);
-    }
-}
-
-/* The bias corrections are hoisted into one step size lr_t (scikit-learn's form). */
 static void adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, long step,
-                        double lr_, double b1_, double b2_, double eps_, double l2_, double wd_,
+                        double lr, double b1, double b2, double eps, double l2, double wd,
                         int nthreads)
 {
-    double bc1 = 1.0 - pow(b1_, (double)step), bc2 = 1.0 - pow(b2_, (double)step);
-    update_ctx u = {.p = p, .s1 = m, .s2 = v, .g = g, .lr = (float)(lr_ * sqrt(bc2) / bc1),
-                    .l2 = (float)l2_, .a = (float)b1_, .b = (float)(1.0 - b1_),
-                    .c = (float)b2_, .d = (float)(1.0 - b2_), .eps = (float)eps_,
-                    .decay = (float)(1.0 - lr_ * wd_)};
-    parallel_range(n, 4 * TASK_ELEMS, threads_for(n, nthreads), adam_range, &u);
+    fm_update up = {.kernel = FM_K_ADAM_UPDATE, .step = step, .lr = lr, .l2 = l2, .beta1 = b1,
+                    .beta2 = b2, .eps = eps, .weight_decay = wd};
+    update_ctx u = update_constants(&up);
+    run_update(n, &u, g, p, m, v, nthreads);
 }
 
 /* ---- Peak probe: 12 independent FMA chains per thread (more than latency x ports), timed ---- */

@@ -19,7 +19,8 @@
 
 /* ---- Per-ISA section ------------------------------------------------------------------------
  * Primitives: vload/vstore (unaligned), vload_n/vstore_n (first n lanes; loads zero the rest),
- * vfma (a * b + c, one rounding where the ISA has FMA), vsplat (broadcast); optionally a native
+ * vfma (a * b + c, one rounding where the ISA has FMA), vsplat (broadcast), vsqrt (correctly
+ * rounded, as sqrtf); optionally a native
  * vtranspose (FM_NATIVE_VTRANSPOSE) where the generic one in gemm_pack.h compiles badly.
  * MR x NR is the micro-kernel's register tile (MR rows broadcast, NR / VLEN vectors wide);
  * KC, MC, NC are the default cache blocks (run-time tunable, see fm_set_blocks). The values come
@@ -47,6 +48,7 @@ static inline vf vload_n(const float *p, int n) { return (vf)_mm512_maskz_loadu_
 static inline void vstore_n(float *p, vf x, int n) { _mm512_mask_storeu_ps(p, vmask_(n), (__m512)x); }
 static inline vf vfma(vf a, vf b, vf c) { return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
 static inline vf vsplat(float x) { return (vf)_mm512_set1_ps(x); }
+static inline vf vsqrt(vf x) { return (vf)_mm512_sqrt_ps((__m512)x); }
 
 #elif defined(FM_TARGET_AVX2)
 #include <immintrin.h>
@@ -79,6 +81,7 @@ static inline void vstore_n(float *p, vf x, int n)
 }
 static inline vf vfma(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 static inline vf vsplat(float x) { return (vf)_mm256_set1_ps(x); }
+static inline vf vsqrt(vf x) { return (vf)_mm256_sqrt_ps((__m256)x); }
 /* 8 x 8 transpose in 24 in-lane shuffles: GCC lowers AVX2's two-source __builtin_shuffle (the
  * generic vtranspose in gemm_pack.h) to permute-and-blend sequences three times as long. */
 #define FM_NATIVE_VTRANSPOSE
@@ -133,6 +136,7 @@ static inline void vstore_n(float *p, vf x, int n)
 }
 static inline vf vfma(vf a, vf b, vf c) { return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b); }
 static inline vf vsplat(float x) { return (vf)vdupq_n_f32(x); }
+static inline vf vsqrt(vf x) { return (vf)vsqrtq_f32((float32x4_t)x); }
 
 #else /* generic: 4-wide vectors, plain C (GCC vector extensions: SSE2 on x86-64, NEON on
        * aarch64, without FMA) */
@@ -158,6 +162,11 @@ static inline void vstore_n(float *p, vf x, int n) { memcpy(p, &x, (size_t)vclam
 /* No FMA on the x86-64 baseline: a multiply and an add (two roundings), on every architecture. */
 static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
 static inline vf vsplat(float x) { return (vf){x, x, x, x}; }
+static inline vf vsqrt(vf x) /* correctly rounded, as every ISA's: lanes of sqrtf */
+{
+    for (int i = 0; i < VLEN; i++) x[i] = __builtin_sqrtf(x[i]);
+    return x;
+}
 #endif
 
 /* ---- Shared vector helpers (same source for every ISA) ---------------------------------------- */

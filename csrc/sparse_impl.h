@@ -130,7 +130,7 @@ static int sparse_matmul(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *i
                          const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
                          const fm_epilogue *ep, int nthreads)
 {
-    if (ep && ep->grad_act != FM_ACT_IDENTITY) return FM_EINVAL; /* forward only */
+    if (ep && (ep->grad_act != FM_ACT_IDENTITY || ep->update)) return FM_EINVAL; /* forward only */
     int64_t nnz;
     if (sparse_check(M, K, indptr, indices, rows, &nnz) != FM_OK) return FM_EINVAL;
     if (M <= 0 || N <= 0) return FM_OK; /* rule 1: nothing to write */

@@ -2,7 +2,8 @@
 # TrainStep's phases, callable without the GIL. A caller cimports TrainStep from here and, with
 # the GIL, validates a batch once (_validate); then, with or without it, runs
 #     _load -> _forward -> _backward -> [anything on flat_grads] -> _update
-# exactly as TrainStep.run does (see the design notes in _train_step.pxi).
+# as TrainStep.run does when it does not fuse the update into backward (design notes in
+# _train_step.pxi, p in particular).
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
@@ -35,6 +36,7 @@ cdef struct _Layer:
     float *rstd
     float *run_mean   # [n_out] batch: the running statistics (the caller's arrays)
     float *run_var
+    bint stepped      # run(): W already took this step's update in backward (note p)
 
 # A batch as given, validated: the caller's arrays (their owner keeps them alive).
 cdef struct _Input:
@@ -61,6 +63,8 @@ cdef class TrainStep:
     cdef readonly list running_stats
     cdef readonly double norm_eps, norm_momentum, clip, grad_norm
     cdef bint norm_decay, measure_norm
+    cdef readonly object fuse_update # run() steps each W in the product of its gradient (note p)
+    cdef void *fusing        # during run(): the fm_update that _backward fuses (note p), or NULL
     cdef readonly str loss, optimizer
     cdef float *p_flat
     cdef float *g_flat

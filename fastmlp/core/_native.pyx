@@ -442,7 +442,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bias=None, activation=None,
     cdef bint ta = g.ta, tb = g.tb
     cdef Py_ssize_t M = g.M, N = g.N, K = g.K, lda = g.lda, ldb = g.ldb
     cdef fm_epilogue ep
-    ep.bias = NULL; ep.y = NULL; ep.z = NULL; ep.ldy = N; ep.ldz = N
+    ep.bias = NULL; ep.y = NULL; ep.z = NULL; ep.ldy = N; ep.ldz = N; ep.update = NULL
     ep.act = _act_code(activation, "activation")
     ep.grad_act = _act_code(grad_activation, "grad_activation")
     ep.slope = _real(negative_slope, "negative_slope")

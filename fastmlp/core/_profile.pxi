@@ -13,7 +13,8 @@ def _profile_start():
 # The variant bits of a profile entry, by name.
 PROFILE_FLAGS = {"trans_a": FM_PROF_TRANS_A, "trans_b": FM_PROF_TRANS_B, "bias": FM_PROF_BIAS,
                  "momentum": FM_PROF_MOMENTUM, "nesterov": FM_PROF_NESTEROV,
-                 "weight_decay": FM_PROF_WEIGHT_DECAY, "training": FM_PROF_TRAINING}
+                 "weight_decay": FM_PROF_WEIGHT_DECAY, "training": FM_PROF_TRAINING,
+                 "update": FM_PROF_UPDATE}
 
 
 def _profile_stop():

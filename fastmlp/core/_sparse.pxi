@@ -174,7 +174,7 @@ def sparse_matmul(x, b, *, bias=None, activation=None, negative_slope=0.01, rows
         raise ValueError(f"b must have {s.K} rows (the columns of x), got shape {b.shape}")
     cdef Py_ssize_t M = s.M, N = cnp.PyArray_DIM(B, 1), K = s.K
     cdef fm_epilogue ep
-    ep.bias = NULL; ep.y = NULL; ep.z = NULL; ep.ldy = N; ep.ldz = N
+    ep.bias = NULL; ep.y = NULL; ep.z = NULL; ep.ldy = N; ep.ldz = N; ep.update = NULL
     ep.act = _act_code(activation, "activation")
     ep.grad_act = FM_ACT_IDENTITY
     ep.slope = _real(negative_slope, "negative_slope")

@@ -63,6 +63,17 @@
 #    element (r0 + r, c) so masks do not depend on how the batch is cut. A shard may be empty
 #    (zero gradient). reduce_buffer is flat_grads followed by REDUCE_TAIL float32 slots the
 #    caller fills (the loss share, status flags) so that they travel in the same allreduce.
+# p) run() with fuse_update ("auto", the default, or True) steps each layer's W inside the product that makes its
+#    gradient, dW = A^T D (an update epilogue, fastmlp.h): the gradient is still stored, and the
+#    optimizer reads it from registers instead of a second pass over flat_grads. Backward computes
+#    a layer's D W^T before its dW, so the product that needs W reads it before it changes; then
+#    update steps whatever was not stepped yet (biases, norms, a sparse first layer's W). The
+#    bits are those of the three phases (the optimizer's arithmetic is one source,
+#    csrc/optim_impl.h; tests/model/test_train_step.py compares them). Not fused where something
+#    must see every gradient before any parameter moves (gradient clipping or its measurement,
+#    the phases called one by one: data parallelism's allreduce sits between them), nor, with
+#    "auto", above batch _FUSE_MAX_BATCH, where the optimizer is a small part of the step and
+#    stepping inside the product measured slower (True fuses at any batch).
 # A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
 
 from libc.stdint cimport uint64_t
@@ -75,6 +86,10 @@ from libc.stdlib cimport calloc, free
 cdef tuple _LOSS_KERNELS = (FM_K_SOFTMAX_CROSS_ENTROPY, FM_K_SIGMOID_CROSS_ENTROPY, FM_K_MSE_LOSS,
                             FM_K_POISSON_LOSS)
 cdef tuple _UPDATE_KERNELS = (FM_K_SGD_UPDATE, FM_K_RMSPROP_UPDATE, FM_K_ADAM_UPDATE)
+# The largest batch whose run() fuses the update (note p): above it the fused step measured no
+# faster, and at 384 and 512 a few percent slower (benchmarks/results/fused_update.md).
+cdef enum:
+    _FUSE_MAX_BATCH = 256
 LOSSES = tuple(KERNELS[k] for k in _LOSS_KERNELS)
 OPTIMIZERS = tuple(KERNELS[k].removesuffix("_update") for k in _UPDATE_KERNELS)
 
@@ -296,6 +311,9 @@ cdef class TrainStep:
     norm_decay: gamma and beta get the L2 penalty and AdamW's decay too (default False).
     clip_grad_norm: 0 (off) or the largest global norm of flat_grads an update uses (note n).
     measure_grad_norm: measure grad_norm on every update without clipping.
+    fuse_update: "auto" (the default: up to batch 256), True or False: whether run() steps each
+        weight matrix in the product that makes its gradient (note p; the same bits as the
+        phases one by one) or runs the three phases as they are.
 
     Phases: forward(X, y, sample_weight, index=, total_weight=, row_offset=) -> loss (with
     total_weight: a shard of a larger batch, note o); backward() fills flat_grads;
@@ -323,7 +341,8 @@ cdef class TrainStep:
                  nesterov=False, beta1=0.9, beta2=0.999, rho=0.9, eps=1e-8, weight_decay=0.0,
                  alpha=0.0, dropout=None, seed=0, per_output_grad=False, nonfinite="raise",
                  normalization=None, norm_eps=1e-5, norm_momentum=0.1, running_stats=None,
-                 norm_decay=False, clip_grad_norm=0.0, measure_grad_norm=False):
+                 norm_decay=False, clip_grad_norm=0.0, measure_grad_norm=False,
+                 fuse_update="auto"):
         params = _param_list(params)
         cdef int L = _n_layers([getattr(p, "shape", ()) for p in params]) or len(params) // 2, l
         if isinstance(activations, (str, bytes)) or not hasattr(activations, "__iter__"):
@@ -418,12 +437,16 @@ cdef class TrainStep:
                             normalization=normalization, norm_eps=norm_eps,
                             norm_momentum=norm_momentum, running_stats=running_stats,
                             norm_decay=bool(norm_decay), clip_grad_norm=clip_grad_norm,
-                            measure_grad_norm=bool(measure_grad_norm))
+                            measure_grad_norm=bool(measure_grad_norm),
+                            fuse_update=fuse_update)
         self.params, self.activations, self.dropout = params, activations, dropout
         self.normalization, self.running_stats = normalization, running_stats
         self.norm_eps, self.norm_momentum = norm_eps, norm_momentum
         self.norm_decay, self.clip = bool(norm_decay), clip_grad_norm
         self.measure_norm = bool(measure_grad_norm) or clip_grad_norm > 0
+        if not (fuse_update is True or fuse_update is False or fuse_update == "auto"):
+            raise ValueError(f"fuse_update must be 'auto', True or False, got {fuse_update!r}")
+        self.fuse_update = fuse_update
         self.grad_norm = NAN
         self.loss, self.optimizer, self.max_batch = loss, optimizer, max_batch
         self.loss_kernel = _LOSS_KERNELS[LOSSES.index(loss)]
@@ -702,7 +725,7 @@ cdef class TrainStep:
         for l in range(L):
             ly = &self.layers[l]
             ep.bias = ly.b; ep.act = ly.act; ep.grad_act = FM_ACT_IDENTITY; ep.slope = 0.01
-            ep.y = NULL; ep.ldy = ly.n_out; ep.z = NULL; ep.ldz = ly.n_out
+            ep.y = NULL; ep.ldy = ly.n_out; ep.z = NULL; ep.ldz = ly.n_out; ep.update = NULL
             if ly.Z != NULL or ly.norm != _NORM_NONE:
                 ep.act = FM_ACT_IDENTITY
             out = ly.Z if ly.Z != NULL else (ly.H if ly.norm != _NORM_NONE else ly.Y)
@@ -759,42 +782,40 @@ cdef class TrainStep:
 
     cdef int _backward(self, int nt) noexcept nogil:
         """Every gradient of the current batch's data loss into flat_grads. Returns FM_OK,
-        FM_EINVAL (no forward of this batch) or FM_ENOMEM."""
+        FM_EINVAL (no forward of this batch) or FM_ENOMEM. During run() with fusing set (the
+        optimizer's step, its arrays unset), each dense W also takes the step in the product of
+        its gradient, and is marked stepped (note p)."""
         if self.phase == _PHASE_NONE:
             return FM_EINVAL
+        cdef fm_update *up = <fm_update *>self.fusing
         cdef int L = self.n_layers, l, status
-        cdef ptrdiff_t M = self.M
+        cdef ptrdiff_t M = self.M, at
         cdef _Layer *ly
         cdef _Layer *prev
         cdef const float *inp
         cdef fm_epilogue ep
+        cdef fm_epilogue step_ep
         if M == 0:                      # an empty shard: no share of the gradient (note o)
             memset(self.g_flat, 0, self.n_params * sizeof(float))
             self.phase = _PHASE_BACKWARD
             return FM_OK
+        for l in range(L):              # a step abandoned by an error leaves none stepped
+            self.layers[l].stepped = False
+        step_ep.bias = NULL; step_ep.act = FM_ACT_IDENTITY; step_ep.grad_act = FM_ACT_IDENTITY
+        step_ep.slope = 0.01; step_ep.y = NULL; step_ep.z = NULL; step_ep.update = up
         for l in range(L - 1, -1, -1):
             ly = &self.layers[l]
             inp = self.X if l == 0 else self.layers[l - 1].A
-            if l == 0 and self.sp_indptr != NULL:
-                status = fm_sparse_matmul_tn(M, ly.n_out, ly.n_in, self.sp_indptr,
-                                             self.sp_indices, self.sp_data, self.rows, ly.D,
-                                             ly.n_out, ly.dW, ly.n_out, nt)
-                if status != FM_OK:
-                    return _STATUS_BAD_SPARSE
-            else:
-                status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D,
-                                   ly.n_out, 0.0, ly.dW, ly.n_out, NULL, self.work,
-                                   self.work_floats, nt)
-            if status != FM_OK:
-                return status
             fm_bias_grad(M, ly.n_out, ly.D, ly.db, nt)
             if l > 0:
                 # dZ_prev = (D W^T) * act'(.), fused; then dropout's mask. A normalized layer:
-                # dY = D W^T, the mask, then the norm's backward (act' inside) to dH (note m)
+                # dY = D W^T, the mask, then the norm's backward (act' inside) to dH (note m).
+                # Before dW: a fused step (note p) changes W
                 prev = &self.layers[l - 1]
                 ep.bias = NULL; ep.act = FM_ACT_IDENTITY; ep.slope = 0.01
                 ep.grad_act = prev.act if prev.norm == _NORM_NONE else FM_ACT_IDENTITY
                 ep.y = prev.Y; ep.ldy = prev.n_out; ep.z = prev.Z; ep.ldz = prev.n_out
+                ep.update = NULL
                 status = fm_matmul(0, 1, M, prev.n_out, ly.n_out, 1.0, ly.D, ly.n_out, ly.W,
                                    ly.n_out, 0.0, prev.D, prev.n_out, &ep, self.work,
                                    self.work_floats, nt)
@@ -810,6 +831,28 @@ cdef class TrainStep:
                     fm_batchnorm_backward(M, prev.n_out, prev.D, prev.Y, prev.H, prev.gamma,
                                           prev.beta, prev.mean, prev.rstd, prev.act, 0.01,
                                           prev.D, prev.dgamma, prev.dbeta, nt)
+            if l == 0 and self.sp_indptr != NULL:
+                status = fm_sparse_matmul_tn(M, ly.n_out, ly.n_in, self.sp_indptr,
+                                             self.sp_indices, self.sp_data, self.rows, ly.D,
+                                             ly.n_out, ly.dW, ly.n_out, nt)
+                if status != FM_OK:
+                    return _STATUS_BAD_SPARSE
+            elif up != NULL:
+                at = ly.W - self.p_flat
+                up.p = ly.W
+                up.s1 = self.s1_flat + at if self.s1_flat != NULL else NULL
+                up.s2 = self.s2_flat + at if self.s2_flat != NULL else NULL
+                step_ep.ldy = ly.n_out; step_ep.ldz = ly.n_out
+                status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D,
+                                   ly.n_out, 0.0, ly.dW, ly.n_out, &step_ep, self.work,
+                                   self.work_floats, nt)
+                ly.stepped = status == FM_OK
+            else:
+                status = fm_matmul(1, 0, ly.n_in, ly.n_out, M, 1.0, inp, ly.n_in, ly.D,
+                                   ly.n_out, 0.0, ly.dW, ly.n_out, NULL, self.work,
+                                   self.work_floats, nt)
+            if status != FM_OK:
+                return status
         self.phase = _PHASE_BACKWARD
         return FM_OK
 
@@ -823,16 +866,30 @@ cdef class TrainStep:
         if self.measure_norm:       # note n
             self.grad_norm = fm_clip_grad_norm(self.n_params, self.g_flat, self.clip, nt)
         cdef ptrdiff_t nw = self.n_weights, nl = self.n_layer_params, n = self.n_params
+        cdef ptrdiff_t w0 = 0, at
         cdef double wd = self.weight_decay
+        cdef int l
+        cdef _Layer *ly
+        # weights stepped in backward (note p): the others alone (every weight gets l2 and wd)
+        for l in range(self.n_layers):
+            if self.layers[l].stepped:
+                w0 = nw
+        if w0:
+            for l in range(self.n_layers):
+                ly = &self.layers[l]
+                at = ly.W - self.p_flat
+                if not ly.stepped:
+                    self._update_range(at, at + ly.n_in * ly.n_out, lr, self.l2, wd, nt)
+                ly.stepped = False
         if self.norm_decay and nl < n:
             # gamma, beta as weights: L2 and decay (note m); the biases keep AdamW's decay
-            self._update_range(0, nw, lr, self.l2, wd, nt)
+            self._update_range(w0, nw, lr, self.l2, wd, nt)
             self._update_range(nw, nl, lr, 0.0, wd, nt)
             self._update_range(nl, n, lr, self.l2, wd, nt)
         elif self.l2 == 0 and (wd == 0 or nl == n):
-            self._update_range(0, n, lr, 0.0, wd, nt)      # one pass over everything
+            self._update_range(w0, n, lr, 0.0, wd, nt)      # one pass over everything
         else:
-            self._update_range(0, nw, lr, self.l2, wd, nt)
+            self._update_range(w0, nw, lr, self.l2, wd, nt)
             self._update_range(nw, nl, lr, 0.0, wd, nt)
             self._update_range(nl, n, lr, 0.0, 0.0, nt)
         self.phase = _PHASE_NONE
@@ -934,11 +991,20 @@ cdef class TrainStep:
         self._ensure_work(nt)
         cdef double lr_ = _lr(lr), loss = 0
         cdef int status
+        cdef fm_update up
+        cdef bint fuse = (self.fuse_update is not False and not self.measure_norm and  # note p
+                          (self.fuse_update is True or inp.M <= _FUSE_MAX_BATCH))
+        up.kernel = self.update_kernel; up.lr = lr_; up.momentum = self.momentum
+        up.nesterov = self.nesterov; up.rho = self.rho; up.beta1 = self.beta1
+        up.beta2 = self.beta2; up.eps = self.eps; up.weight_decay = self.weight_decay
         with nogil:
             self._load(&inp, nt)
             status = self._forward(&loss, nt)
             if status == FM_OK and self.phase == _PHASE_FORWARD:
+                up.step = self.t + 1; up.l2 = self.l2        # what _update will use
+                self.fusing = &up if fuse else NULL
                 status = self._backward(nt)
+                self.fusing = NULL
                 if status == FM_OK:
                     self._update(lr_, nt)
         self._raise(status)

@@ -62,6 +62,16 @@ cdef extern from "fastmlp.h" nogil:
         FM_PROF_NESTEROV
         FM_PROF_WEIGHT_DECAY
         FM_PROF_TRAINING
+        FM_PROF_UPDATE
+
+    ctypedef struct fm_update:
+        int kernel
+        float *p
+        float *s1
+        float *s2
+        long step
+        double lr, l2, momentum, rho, beta1, beta2, eps, weight_decay
+        int nesterov
 
     ctypedef struct fm_epilogue:
         const float *bias
@@ -72,6 +82,7 @@ cdef extern from "fastmlp.h" nogil:
         ptrdiff_t ldy
         const float *z
         ptrdiff_t ldz
+        const fm_update *update
 
     ctypedef struct fm_matmul_plan:
         int path

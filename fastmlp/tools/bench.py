@@ -265,10 +265,12 @@ def _adam(k, rng, n):
     return lambda: k.adam_update(p, g, m, v, step=1, lr=1e-6)
 
 
-def _train_step_case(rng, norm=None):
+def _train_step_case(rng, norm=None, fuse_update=True):
     """One Adam training step of LAYERS (relu, softmax) on a batch, with LayerNorm before each
     hidden relu if norm == "layer": fastmlp's native TrainStep against the same step written
-    with the NumPy reference kernels."""
+    with the NumPy reference kernels. fuse_update=False: the weights' Adam step as a pass of its
+    own after backward instead of inside the weight gradients' products (what the fusion saves:
+    this case against the default one)."""
     x = rng.random((BATCH, LAYERS[0]), np.float32)
     labels = rng.integers(0, LAYERS[-1], BATCH).astype(np.int32)
     n_hidden = len(LAYERS) - 2
@@ -284,7 +286,8 @@ def _train_step_case(rng, norm=None):
         return out
 
     step = core.TrainStep(core.flat_params(params()), ["relu"] * n_hidden,
-                          "softmax_cross_entropy", BATCH, normalization=norm)
+                          "softmax_cross_entropy", BATCH, normalization=norm,
+                          fuse_update=fuse_update)
     ref_params = params()
     ref_state = [(np.zeros_like(p), np.zeros_like(p)) for p in ref_params]
     L = len(LAYERS) - 1
@@ -321,7 +324,7 @@ def _train_step_case(rng, norm=None):
             ref.adam_update(p, g, m, v, step=1, lr=1e-6)
 
     name = (f"train step {'-'.join(map(str, LAYERS))} batch {BATCH} adam"
-            f"{' layernorm' if norm else ''}")
+            f"{' layernorm' if norm else ''}{'' if fuse_update else ', update unfused'}")
     return Case(name, "train step", lambda: step.run(x, labels, lr=1e-6), reference_step)
 
 
@@ -380,9 +383,11 @@ def _norm_cases(rng):
 
 def cases(rng):
     """Every benchmark case: products, elementwise kernels, losses, optimizers, normalization
-    (fused and unfused with relu), a train step without and with LayerNorm."""
+    (fused and unfused with relu), a train step without and with LayerNorm, and with its
+    optimizer step unfused."""
     return (_matmul_cases(rng) + _elementwise_cases(rng) + _norm_cases(rng)
-            + [_train_step_case(rng), _train_step_case(rng, "layer")])
+            + [_train_step_case(rng), _train_step_case(rng, fuse_update=False),
+               _train_step_case(rng, "layer")])
 
 
 # ---- running --------------------------------------------------------------------------------

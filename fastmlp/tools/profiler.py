@@ -15,6 +15,9 @@ Formulas (per call; M x N the output, K the inner dimension, n an optimizer's el
     bias_grad              M N; reads dZ, writes db
     softmax_cross_entropy  4 M N; sigmoid_cross_entropy 8 M N; mse_loss 4 M N
     sgd_update             4 n (6 n with momentum); rmsprop_update 10 n; adam_update 14 n
+    matmul +update         a product with the optimizer's step fused (a training step's dW):
+                           the product's, plus the update's over its M N elements (flops as
+                           above; bytes: the parameter and its state, read and written)
     sparse_matmul          2 nnz N flops (M x N the output, K the sparse matrix's columns, nnz
                            the stored entries of the M rows used); bytes: 8 nnz (indices and
                            data), 8 (M + 1) for indptr, 8 M for rows if given, B (K N), C (M N),
@@ -64,6 +67,8 @@ def _describe(r):
             text += f" +{r['act']}"
         if r["grad_act"]:
             text += f" *{r['grad_act']}'"
+        if "update" in r["flags"]:
+            text += " +update"
         return text + f" [{r['path']}]"
     if kernel in ("sparse_matmul", "sparse_matmul_tn"):
         text = f"{kernel} {r['m']}x{r['n']}x{r['k']}"

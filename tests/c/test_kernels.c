@@ -1,5 +1,6 @@
 /* test_kernels.c: the C core on its own, against plain C references computed in double: GEMM at
- * edge sizes with every epilogue, the elementwise kernels, every loss and every optimizer, on
+ * edge sizes with every epilogue (the update epilogue against the product then the update
+ * kernel, bitwise), the elementwise kernels, every loss and every optimizer, on
  * every ISA path this build has and this CPU runs, and each result bitwise the same on 1, 2 and
  * 3 threads (fastmlp.h rule 4). It needs no Python: CI cross-compiles it for aarch64 and runs it
  * under qemu-user (tests/c/run.sh), and tests/core/test_c_kernels.py runs it natively.
@@ -228,6 +229,58 @@ static void test_gemm(const char *isa)
                           epi ? 0.0f : 1.0f, (int)c, 1);
 }
 
+/* The update epilogue (fastmlp.h): a product with an optimizer step on its result gives the
+ * bits of the product followed by the update kernel: C, the parameter and its state. */
+static void test_update_epilogue(const char *isa)
+{
+    /* dW-like products (A transposed, K the batch), a narrow N (FM_PATH_BLOCKED_CT), the dot
+     * path (A in place, narrow N) and several K blocks */
+    static const ptrdiff_t shapes[][4] = {{1, 37, 23, 16}, {1, 64, 10, 33}, {0, 50, 10, 70},
+                                          {1, 100, 130, 700}, {0, 7, 65, 5}, {1, 3, 1, 1}};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int ta = (int)shapes[c][0];
+        ptrdiff_t M = shapes[c][1], N = shapes[c][2], K = shapes[c][3];
+        size_t n = (size_t)(M * N);
+        float *A = randoms((size_t)(M * K), -1, 1), *B = randoms((size_t)(K * N), -1, 1);
+        float *p0 = randoms(n, -1, 1), *s10 = randoms(n, 0, 0.1), *s20 = randoms(n, 0, 0.1);
+        for (int kind = 0; kind < 5; kind++) {
+            fm_update up = {.lr = 0.01, .l2 = 1e-3, .momentum = kind == 1 ? 0.9 : 0.0,
+                            .nesterov = kind == 1, .rho = 0.9, .beta1 = 0.9, .beta2 = 0.999,
+                            .eps = 1e-8, .step = 4, .weight_decay = kind == 4 ? 0.01 : 0.0};
+            up.kernel = kind <= 1 ? FM_K_SGD_UPDATE : kind == 2 ? FM_K_RMSPROP_UPDATE
+                                                                : FM_K_ADAM_UPDATE;
+            float *C1 = malloc(n * sizeof *C1), *C2 = malloc(n * sizeof *C2);
+            float *p1 = copy_of(p0, n), *p2 = copy_of(p0, n), *a1 = copy_of(s10, n);
+            float *a2 = copy_of(s10, n), *b1 = copy_of(s20, n), *b2 = copy_of(s20, n);
+            ptrdiff_t lda = ta ? M : K;
+            fm_matmul(ta, 0, M, N, K, 1.0f, A, lda, B, N, 0.0f, C1, N, NULL, NULL, 0, 2);
+            if (kind <= 1)
+                fm_sgd_update((ptrdiff_t)n, p1, C1, up.lr, up.l2, up.momentum, up.nesterov, a1, 2);
+            else if (kind == 2)
+                fm_rmsprop_update((ptrdiff_t)n, p1, C1, a1, up.lr, up.rho, up.eps, up.l2, 2);
+            else
+                fm_adam_update((ptrdiff_t)n, p1, C1, a1, b1, up.step, up.lr, up.beta1, up.beta2,
+                               up.eps, up.l2, up.weight_decay, 2);
+            up.p = p2, up.s1 = a2, up.s2 = up.kernel == FM_K_ADAM_UPDATE ? b2 : NULL;
+            fm_epilogue ep = {NULL, FM_ACT_IDENTITY, FM_ACT_IDENTITY, 0.0f, NULL, 0, NULL, 0, &up};
+            for (int nt = 1; nt <= 3; nt += 2) { /* the second call repeats the first's step */
+                memcpy(p2, p0, n * sizeof *p2), memcpy(a2, s10, n * sizeof *a2);
+                memcpy(b2, s20, n * sizeof *b2);
+                fm_matmul(ta, 0, M, N, K, 1.0f, A, lda, B, N, 0.0f, C2, N, &ep, NULL, 0, nt);
+                char what[96];
+                snprintf(what, sizeof what, "update epilogue kernel=%d ta=%d M=%td N=%td K=%td "
+                         "threads=%d", up.kernel, ta, M, N, K, nt);
+                expect_same_bits(what, isa, C1, C2, n);
+                expect_same_bits(what, isa, p1, p2, n);
+                expect_same_bits(what, isa, a1, a2, n);
+                expect_same_bits(what, isa, b1, b2, n);
+            }
+            free(C1), free(C2), free(p1), free(p2), free(a1), free(a2), free(b1), free(b2);
+        }
+        free(A), free(B), free(p0), free(s10), free(s20);
+    }
+}
+
 /* ---- elementwise kernels ------------------------------------------------------------------ */
 
 static void test_activations(const char *isa)
@@ -427,6 +480,7 @@ int main(void)
         const char *name = fm_isa_name(isa);
         int before = failures;
         test_gemm(name);
+        test_update_epilogue(name);
         test_activations(name);
         test_losses(name);
         test_optimizers(name);

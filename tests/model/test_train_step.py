@@ -309,3 +309,77 @@ def test_concurrent_steps_profiled_from_several_python_threads():
         assert_bitwise_equal(a, b)
     matmuls = sum(r["calls"] for r in prof.records if r["kernel"] == "matmul")
     assert matmuls == 8 * 4 * (3 + 3 + 2)      # per step: 3 forward, 3 dW, 2 dX
+
+
+FUSED_CASES = {
+    "adamw, layer norm with decay, dropout": dict(
+        sizes=[6, 9, 7, 4], optimizer="adam", weight_decay=0.01, norm="layer", norm_decay=True,
+        dropout=[0.3, 0.0]),
+    "sgd nesterov, batch norm": dict(
+        sizes=[6, 9, 7, 4], optimizer="sgd", momentum=0.9, nesterov=True, norm="batch"),
+    "rmsprop, no L2": dict(sizes=[6, 9, 7, 4], optimizer="rmsprop", alpha=0.0),
+    "plain sgd": dict(sizes=[6, 9, 4], optimizer="sgd", momentum=0.0),
+    # several K blocks of dW = A^T D (K = the batch, above every ISA's KC; fuse_update=True
+    # fuses at any batch), a narrow output (its dW on FM_PATH_BLOCKED_CT) and a wide one
+    "adam, batch 450, outputs 3": dict(sizes=[40, 70, 3], optimizer="adam", batch=450),
+    "adam, sparse input (first layer unfused)": dict(sizes=[30, 9, 4], optimizer="adam",
+                                                     sparse=True),
+}
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_update_equals_the_phases_bitwise(isa, case):
+    """run() steps each W inside the product of its gradient (note p of _train_step.pxi); the
+    parameters, gradients and optimizer state equal those of fuse_update=False, bit for bit,
+    over several steps."""
+    c = dict(FUSED_CASES[case])
+    sizes, batch = c.pop("sizes"), c.pop("batch", 16)
+    norm, sparse = c.pop("norm", None), c.pop("sparse", False)
+    dropout = c.pop("dropout", None)
+    c.setdefault("alpha", 0.1)
+    model = MLP(sizes, "relu", normalization=norm, dropout=dropout or 0.0, random_state=3)
+    steps = [TrainStep(flat_params([p.copy() for p in model.params]), model.activations,
+                       "softmax_cross_entropy", batch, dropout=model.dropout,
+                       normalization=model.normalization, fuse_update=fuse, **c)
+             for fuse in (True, False)]
+    rng = np.random.default_rng(8)
+    n = batch + 7
+    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    if sparse:
+        scipy_sparse = pytest.importorskip("scipy.sparse")
+        X[rng.random(X.shape) < 0.8] = 0
+        X = scipy_sparse.csr_matrix(X)
+    y = rng.integers(0, sizes[-1], n).astype(np.int32)
+    for it in range(4):
+        idx = rng.permutation(n)[:batch]
+        losses = [s.run(X, y, lr=0.01 * (it + 1), index=idx) for s in steps]
+        assert losses[0] == losses[1]
+        for a, b in zip(_arrays(steps[0]), _arrays(steps[1])):
+            assert_bitwise_equal(a, b)
+    assert steps[0].t == steps[1].t == 4
+
+
+def test_fused_update_runs_the_optimizer_over_the_rest_only():
+    """With fuse_update the update kernel's own pass covers the biases only (the weights took
+    their step in backward's products); without it, every parameter; with clipping, which must
+    see every gradient first, or above batch 256 (note p), every parameter too."""
+    model = MLP([20, 30, 5], "relu", random_state=0)
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((300, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 300).astype(np.int32)
+    seen = {}
+    for name, (batch, hyper) in {"fused": (256, {}), "unfused": (16, dict(fuse_update=False)),
+                                 "clipped": (16, dict(clip_grad_norm=1.0)),
+                                 "large batch": (257, {})}.items():
+        step = model.train_step("softmax_cross_entropy", batch, **hyper)
+        with fastmlp.profile() as prof:
+            step.run(X[:batch], y[:batch], lr=0.01)
+        seen[name] = sum(r["n"] * r["calls"] for r in prof.records if r["kernel"] == "adam_update")
+    assert seen["fused"] == step.n_params - step.n_weights == 35
+    assert seen["unfused"] == seen["clipped"] == seen["large batch"] == step.n_params
+    forced = model.train_step("softmax_cross_entropy", 257, fuse_update=True)
+    with fastmlp.profile() as prof:
+        forced.run(X[:257], y[:257], lr=0.01)
+    assert sum(r["n"] for r in prof.records if r["kernel"] == "adam_update") == 35
+    with pytest.raises(ValueError, match="fuse_update must be 'auto', True or False"):
+        model.train_step("softmax_cross_entropy", 16, fuse_update="yes")

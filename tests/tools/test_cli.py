@@ -126,10 +126,12 @@ def test_train_csv_with_test_split_and_profile(tmp_path):
     assert n_test == 100
     assert accuracy > 90
     assert result.stderr == ""          # --quiet: no progress
-    # the kernel table of the run: the 4-16-3 net's forward GEMM and its RMSProp update, one
-    # over the flat parameter buffer of 4 * 16 + 16 * 3 weights and 16 + 3 biases
+    # the kernel table of the run: the 4-16-3 net's forward GEMM; its RMSProp update: each
+    # weight matrix's inside the product of its gradient (TrainStep note p), then one pass over
+    # the 16 + 3 biases
     assert "matmul NN 32x16x4 +bias +relu [blocked]" in result.stdout
-    assert "rmsprop_update n=131" in result.stdout
+    assert "matmul TN 4x16x32 +update [blocked]" in result.stdout
+    assert "rmsprop_update n=19" in result.stdout
 
 
 def test_train_reports_bad_data_without_traceback(tmp_path):

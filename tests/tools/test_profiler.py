@@ -58,26 +58,28 @@ def test_direct_calls_counted_exactly():
 
 
 def expected_train_step(n_in, n_hidden, n_out, batch, l2):
-    """{(kernel, act, grad_act, flags, m, n, k): (calls, flops)} of one Adam TrainStep of a
-    n_in-n_hidden-n_out ReLU net with softmax cross-entropy, with an L2 penalty or not."""
+    """{(kernel, act, grad_act, flags, m, n, k): (calls, flops)} of one Adam TrainStep.run of a
+    n_in-n_hidden-n_out ReLU net with softmax cross-entropy (with an L2 penalty or not: the
+    same calls). Each weight matrix takes Adam's step inside the product of its gradient (an
+    update epilogue: the product's flops plus 14 a weight), the biases in adam_update."""
     M = batch
-    n_weights, n_biases = n_in * n_hidden + n_hidden * n_out, n_hidden + n_out
-    updates = ({("adam_update", None, None, (), 0, n_weights, 0): (1, 14 * n_weights),
-                ("adam_update", None, None, (), 0, n_biases, 0): (1, 14 * n_biases)} if l2 else
-               {("adam_update", None, None, (), 0, n_weights + n_biases, 0):
-                (1, 14 * (n_weights + n_biases))})
-    return updates | {
+    n_biases = n_hidden + n_out
+    return {
         # forward
         ("matmul", "relu", None, ("bias",), M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
         ("matmul", None, None, ("bias",), M, n_out, n_hidden): (1, 2 * M * n_out * n_hidden),
         ("softmax_cross_entropy", None, None, (), M, n_out, 0): (1, 4 * M * n_out),
-        # backward, output layer: dW1 = H^T D, db1, dH = (D W1^T) * relu'(H), updates
-        ("matmul", None, None, ("trans_a",), n_hidden, n_out, M): (1, 2 * n_hidden * n_out * M),
+        # backward, output layer: db1, dH = (D W1^T) * relu'(H), then dW1 = H^T D with W1's step
         ("bias_grad", None, None, (), M, n_out, 0): (1, M * n_out),
         ("matmul", None, "relu", ("trans_b",), M, n_hidden, n_out): (1, 2 * M * n_hidden * n_out),
+        ("matmul", None, None, ("trans_a", "update"), n_hidden, n_out, M):
+            (1, 2 * n_hidden * n_out * M + 14 * n_hidden * n_out),
         # backward, first layer: no input gradient
-        ("matmul", None, None, ("trans_a",), n_in, n_hidden, M): (1, 2 * n_in * n_hidden * M),
         ("bias_grad", None, None, (), M, n_hidden, 0): (1, M * n_hidden),
+        ("matmul", None, None, ("trans_a", "update"), n_in, n_hidden, M):
+            (1, 2 * n_in * n_hidden * M + 14 * n_in * n_hidden),
+        # the rest of the update: the biases
+        ("adam_update", None, None, (), 0, n_biases, 0): (1, 14 * n_biases),
     }
 
 
@@ -86,9 +88,15 @@ def check_train_step(prof, l2):
     got = {key: (r["calls"], r["flops"]) for key, r in by_key(prof).items()}
     assert got == expected
     gemms = [r for r in prof.records if r["kernel"] == "matmul"]
-    # 2 forward GEMMs, a dW per layer, a dX for the second layer only
+    # 2 forward GEMMs, a dW per layer (with its weights' Adam step), a dX for the second only
     assert sum(r["calls"] for r in gemms) == 5
-    assert sum(r["flops"] for r in gemms) == 2 * 64 * (2 * 784 * 32 + 3 * 32 * 10)
+    assert sum(r["flops"] for r in gemms) == 2 * 64 * (2 * 784 * 32 + 3 * 32 * 10) + \
+        14 * (784 * 32 + 32 * 10)
+    stepped = sorted((r for r in gemms if "update" in r["flags"]), key=lambda r: r["m"])
+    assert [r["name"] for r in stepped] == ["matmul TN 32x10x64 +update [blocked_ct]",
+                                            "matmul TN 784x32x64 +update [blocked]"]
+    # bytes: the product's, plus Adam's parameter, m and v, each read and written
+    assert stepped[1]["bytes"] == 4 * (784 * 64 + 64 * 32 + 784 * 32) + 4 * 6 * 784 * 32
 
 
 def mnist_like_batch(rng):
