@@ -71,7 +71,9 @@ def load(path, *, max_bytes=io.MAX_BYTES):
     path: a file path, a file descriptor or a binary file object (the last two are read from
     where they stand and left open); at most max_bytes are read. Never executes code from the
     file. Raises ModelFileError (a ValueError) if the file is truncated, corrupt, tampered with,
-    or describes an invalid model."""
+    or describes an invalid model. An estimator's file (MLPClassifier.save, `fastmlp train
+    --save`) needs scikit-learn: without it, load raises ImportError saying so (fastmlp.io's
+    read_model and read_classes still read its weights and classes)."""
     f = io.read_model(path, ("MLP",) + _ESTIMATORS, max_bytes=max_bytes)
     try:
         if f.kind == "MLP":

@@ -8,7 +8,8 @@ What this module offers:
 * :func:`load_mnist` returns the full MNIST training or test set, read from a folder, from a cache
   folder, or downloaded once into that cache and checked against known SHA-256 sums.
 * :func:`load_npz` and :func:`load_csv` return a feature matrix and labels from a ``.npz``
-  archive or a numeric CSV file.
+  archive or a CSV file (numeric features; labels numbers or text); :func:`typed_labels` types
+  labels read as text as load_csv does.
 * :func:`prepare_images` flattens images to float32 rows scaled to [0, 1], the input the
   estimators expect.
 
@@ -52,6 +53,7 @@ __all__ = [
     "load_sample",
     "prepare_images",
     "read_idx",
+    "typed_labels",
 ]
 
 #: Used when neither ``mirror=`` nor the ``FASTMLP_MNIST_MIRROR`` environment variable is set:
@@ -596,7 +598,8 @@ def _sparse_npz(name, loaded, max_bytes):
 
 
 def load_csv(path, *, label_column=-1, skip_header=None):
-    """Return ``(X, y)`` from a numeric, comma-separated file, one sample per line.
+    """Return ``(X, y)`` from a comma-separated file, one sample per line: numeric features and
+    a label column of numbers or of text (class names such as ``setosa``).
 
     Parameters
     ----------
@@ -605,21 +608,27 @@ def load_csv(path, *, label_column=-1, skip_header=None):
         Index of the label column (negative counts from the end); every other column is a
         feature.
     skip_header : bool, optional
-        Whether the first line is a header. By default it is treated as one if any of its cells
-        is not a number.
+        Whether the first line is a header. By default it is one if a feature cell of it is not
+        a number, or if only its label cell is text while the next line's label is a number (a
+        header over numeric labels). A first line of numbers over a text label column is data:
+        a header whose feature names are all numbers needs ``skip_header=True``.
 
     Returns
     -------
     X : numpy.ndarray of float32, shape (n, n_columns - 1)
     y : numpy.ndarray, shape (n,)
-        int64 if every label is a whole number, else float32.
+        Typed as :func:`typed_labels` types text: int64 if every label is a whole number, float64
+        if every label is a number, else the labels as strings (``str``, whitespace around them
+        removed; cells may be quoted with ``"``). One text label makes the column text, so
+        ``3`` is then the string ``"3"``, as in a spreadsheet's text column.
 
     Raises
     ------
     DatasetError
-        For rows whose number of cells differs from the first data row, cells that are empty,
-        not numbers, or not finite (the message gives the line and column), files without data
-        rows, and a ``label_column`` outside the table.
+        For rows whose number of cells differs from the first data row, feature cells that are
+        empty, not numbers or not finite, label cells that are empty, ``nan`` or infinite (the
+        message gives the line and column), files without data rows, and a ``label_column``
+        outside the table.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -632,7 +641,7 @@ def load_csv(path, *, label_column=-1, skip_header=None):
         raise TypeError(f"label_column must be an integer, got {type(label_column).__name__}") \
             from None
     try:
-        table = _read_csv_table(path, name, skip_header)
+        table, header_lines = _read_csv_table(path, name, skip_header, label_column)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{name}: not UTF-8 text: {exc}") from exc
     n_rows, n_cols = table.shape
@@ -644,32 +653,76 @@ def load_csv(path, *, label_column=-1, skip_header=None):
     if not -n_cols <= label_column < n_cols:
         raise DatasetError(f"{name}: label_column={label_column} is outside the {n_cols} columns")
     label_column %= n_cols
-    X = np.concatenate((table[:, :label_column], table[:, label_column + 1:]), axis=1,
-                       dtype=np.float32)
-    y = table[:, label_column]
-    y = y.astype(np.int64) if np.array_equal(y, np.round(y)) else y.astype(np.float32)
+    try:
+        y = typed_labels(table[:, label_column])
+        X = np.concatenate((table[:, :label_column], table[:, label_column + 1:]), axis=1,
+                           dtype=np.float32 if table.dtype.kind == "f" else None)
+        if X.dtype.kind == "U":     # read as text (a text label column): parse the features
+            X = X.astype(np.float64)
+            if not np.isfinite(X).all():
+                raise ValueError("a feature is not a finite number")
+            X = X.astype(np.float32)
+    except ValueError as exc:
+        raise (_diagnose_csv(path, name, header_lines, label_column)
+               or DatasetError(f"{name}: {exc}")) from exc
     return X, y
 
 
-def _read_csv_table(path, name, skip_header):
+def typed_labels(cells):
+    """Labels read as text (a CSV column, a file with one label a line), typed as their writer
+    meant them: int64 if every label is a whole number (``3`` and ``3.0`` are the class 3),
+    float64 if every label is a number (each class exactly as written), else the labels as
+    ``str`` (whitespace around them removed). Raises ValueError for an empty label and for
+    ``nan`` or infinite numbers, which are not classes. A numeric array is typed by the same
+    rule."""
+    cells = np.asarray(cells)
+    if cells.dtype.kind == "U":
+        cells = np.char.strip(cells)
+        if (np.char.str_len(cells) == 0).any():
+            raise ValueError("empty label")
+        try:
+            values = cells.astype(np.float64)
+        except ValueError:      # some label is text: the column is text
+            numbers = (_parse_float(c) for c in cells.tolist())
+            if any(v is not None and not math.isfinite(v) for v in numbers):
+                raise ValueError("nan or infinite label") from None
+            return cells
+    else:
+        values = cells.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("nan or infinite label")
+    whole = np.array_equal(values, np.round(values)) and np.abs(values).max(initial=0) < 2**53
+    return values.astype(np.int64) if whole else values
+
+
+def _read_csv_table(path, name, skip_header, label_column):
+    """(table, number of header lines): the cells as float64 when every one is a number (NumPy's
+    fast parser), else as strings (a text label column; load_csv converts the features)."""
     # utf-8-sig: spreadsheet programs often start CSV files with a byte-order mark.
     with open(path, encoding="utf-8-sig") as f:
-        first = f.readline()
-        header = _looks_like_header(first) if skip_header is None else bool(skip_header)
-        if not header:
-            f.seek(0)
+        header = _looks_like_header(f.readline(), f.readline(), label_column) \
+            if skip_header is None else bool(skip_header)
+        f.seek(0)
+        if header:
+            f.readline()
+        start = f.tell()
         with warnings.catch_warnings():
             # An empty file makes loadtxt warn; load_csv reports it as an error instead.
             warnings.simplefilter("ignore", UserWarning)
             try:
                 table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
-            except ValueError as exc:
-                problem = _diagnose_csv(path, name, int(header))
-                raise (problem or DatasetError(f"{name}: {exc}")) from exc
-    if not np.isfinite(table).all():
-        raise (_diagnose_csv(path, name, int(header))
+            except ValueError:
+                f.seek(start)       # some cell is not a number: read them all as text
+                try:
+                    table = np.loadtxt(f, delimiter=",", dtype=str, ndmin=2, comments=None,
+                                       quotechar='"')
+                except ValueError as exc:
+                    raise (_diagnose_csv(path, name, int(header), label_column)
+                           or DatasetError(f"{name}: {exc}")) from exc
+    if table.dtype.kind == "f" and not np.isfinite(table).all():
+        raise (_diagnose_csv(path, name, int(header), label_column)
                or DatasetError(f"{name}: contains values that are not finite numbers"))
-    return table
+    return table, int(header)
 
 
 def _parse_float(cell):
@@ -679,15 +732,25 @@ def _parse_float(cell):
         return None
 
 
-def _looks_like_header(line):
-    # Only text makes a header: a first data row holding "nan" must still fail as data.
+def _looks_like_header(line, next_line, label_column):
+    # Only text makes a header: a first data row holding "nan" must still fail as data. Text in
+    # the label column alone is a header only over numeric labels (else it is a class name).
     cells = next(csv.reader([line]), [])
-    return any(_parse_float(cell) is None for cell in cells)
+    if not cells:
+        return False
+    label = label_column % len(cells) if -len(cells) <= label_column < len(cells) else None
+    if any(_parse_float(c) is None for i, c in enumerate(cells) if i != label):
+        return True
+    if label is None or _parse_float(cells[label]) is not None:
+        return False
+    below = next(csv.reader([next_line]), [])
+    return len(below) == len(cells) and _parse_float(below[label]) is not None
 
 
-def _diagnose_csv(path, name, header_lines):
+def _diagnose_csv(path, name, header_lines, label_column):
     """Find the first bad row or cell with the csv module, which, unlike loadtxt, reports line
-    numbers; return it as a DatasetError, or None if nothing is found."""
+    numbers; return it as a DatasetError, or None if nothing is found. A label cell may be
+    text, but not empty, nan or infinite."""
     with open(path, encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         width = None
@@ -699,13 +762,19 @@ def _diagnose_csv(path, name, header_lines):
             elif len(row) != width:
                 return DatasetError(f"{name}, line {reader.line_num}: {len(row)} columns, but the "
                                     f"first data row has {width}")
+            label = label_column % width if -width <= label_column < width else None
             for column, cell in enumerate(row, start=1):
                 value = _parse_float(cell)
-                if value is None or not math.isfinite(value):
-                    problem = ("empty cell" if not cell.strip()
-                               else f"{cell!r} is not a finite number")
-                    return DatasetError(f"{name}, line {reader.line_num}, column {column}: "
-                                        f"{problem}")
+                if not cell.strip():
+                    problem = "empty cell"
+                elif value is None and column - 1 != label:
+                    problem = f"{cell!r} is not a finite number"
+                elif value is not None and not math.isfinite(value):
+                    problem = f"{cell!r} is not a finite number"
+                else:
+                    continue
+                return DatasetError(f"{name}, line {reader.line_num}, column {column}: "
+                                    f"{problem}")
     return None
 
 

@@ -947,39 +947,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         tags.classifier_tags.multi_label = True
         return tags
 
-    _CLASS_DTYPES = {"bool": np.bool_, "int": np.int64, "float": np.float64, "str": np.str_}
-    _LB_TYPES = ("binary", "multiclass", "multilabel-indicator")
-
     def _file_extra(self):
-        classes = self.classes_
-        ckind = next((k for k, t in [("bool", np.bool_), ("int", np.integer),
-                                     ("float", np.floating), ("str", np.str_)]
-                      if np.issubdtype(classes.dtype, t)), None)
-        if ckind is None:
-            raise TypeError(f"cannot save classes of dtype {classes.dtype} (only bool, int, "
-                            "float and str labels)")
-        return {"classes": {"dtype": ckind, "values": [io.json_value(c.item()) for c in classes],
-                            "y_type": self._label_binarizer.y_type_}}
+        return io.classes_field(self.classes_, self._label_binarizer.y_type_)
 
     def _read_extra(self, f):
-        c = f.doc.get("classes")
-        f.expect(isinstance(c, dict) and c.get("dtype") in self._CLASS_DTYPES
-                 and isinstance(c.get("values"), list) and c.get("y_type") in self._LB_TYPES,
-                 f"bad classes {c!r}")
-        pytype = {"int": int, "float": (int, float), "str": str, "bool": bool}[c["dtype"]]
-        f.expect(all(isinstance(v, pytype) for v in c["values"]),
-                 f"class values do not match their dtype {c['dtype']!r}")
-        classes = np.array(c["values"], dtype=self._CLASS_DTYPES[c["dtype"]])
-        n_out = len(classes) if c["y_type"] != "binary" else 1
+        classes, y_type = io.read_classes(f)
+        n_out = len(classes) if y_type != "binary" else 1
         out_act = f.out_activation
         f.expect(len(classes) >= 1 and n_out == f.layer_sizes[-1] and
-                 out_act == ("softmax" if c["y_type"] == "multiclass" else "logistic"),
-                 f"{len(classes)} classes of type {c['y_type']} do not match "
+                 out_act == ("softmax" if y_type == "multiclass" else "logistic"),
+                 f"{len(classes)} classes of type {y_type} do not match "
                  f"{f.layer_sizes[-1]} outputs with {out_act}")
         lb = LabelBinarizer()
-        lb.classes_, lb.y_type_, lb.sparse_input_ = classes, c["y_type"], False
+        lb.classes_, lb.y_type_, lb.sparse_input_ = classes, y_type, False
         self._label_binarizer, self.classes_ = lb, classes
-        self._loss = ("softmax_cross_entropy" if c["y_type"] == "multiclass"
+        self._loss = ("softmax_cross_entropy" if y_type == "multiclass"
                       else "sigmoid_cross_entropy")
 
 

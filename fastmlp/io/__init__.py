@@ -26,8 +26,9 @@ from .._version import __version__
 from .safetensors import (ModelFileError, expect, fail, is_int, json_loads, read_file, short,
                           write_file)
 
-__all__ = ["FORMAT_VERSION", "MAX_BYTES", "NORM_TENSORS", "ModelFile", "ModelFileError", "json_value",
-           "normalization_fields", "read_model", "write_model"]
+__all__ = ["FORMAT_VERSION", "MAX_BYTES", "NORM_TENSORS", "ModelFile", "ModelFileError",
+           "classes_field", "json_value", "normalization_fields", "read_classes", "read_model",
+           "write_model"]
 
 FORMAT_VERSION = 1
 MAX_BYTES = 2 << 30          # default size cap of a model file (2 GiB)
@@ -153,3 +154,33 @@ def normalization_fields(f):
     f.expect(isinstance(mom, (int, float)) and not isinstance(mom, bool) and 0 <= mom <= 1,
              f"bad norm_momentum {short(mom)}")
     return norms, float(eps), float(mom)
+
+
+CLASS_DTYPES = {"bool": np.bool_, "int": np.int64, "float": np.float64, "str": np.str_}
+Y_TYPES = ("binary", "multiclass", "multilabel-indicator")    # scikit-learn's LabelBinarizer's
+
+
+def classes_field(classes, y_type):
+    """A classifier's classes as metadata: {"classes": {"dtype", "values", "y_type"}}, the dtype
+    named so that read_classes gives them back of the kind they were (3 stays an int, "3" a
+    str). Written by MLPClassifier.save and by `fastmlp train --save`."""
+    classes = np.asarray(classes)
+    kind = next((k for k, t in [("bool", np.bool_), ("int", np.integer), ("float", np.floating),
+                                ("str", np.str_)] if np.issubdtype(classes.dtype, t)), None)
+    if kind is None:
+        raise TypeError(f"cannot save classes of dtype {classes.dtype} (only bool, int, float and "
+                        "str labels)")
+    return {"classes": {"dtype": kind, "values": [json_value(c.item()) for c in classes],
+                        "y_type": y_type}}
+
+
+def read_classes(f):
+    """(classes, y_type) of a ModelFile written with classes_field, checked."""
+    c = f.doc.get("classes")
+    f.expect(isinstance(c, dict) and c.get("dtype") in CLASS_DTYPES
+             and isinstance(c.get("values"), list) and c.get("y_type") in Y_TYPES,
+             f"bad classes {short(c)}")
+    pytype = {"int": int, "float": (int, float), "str": str, "bool": bool}[c["dtype"]]
+    f.expect(all(isinstance(v, pytype) for v in c["values"]),
+             f"class values do not match their dtype {c['dtype']!r}")
+    return np.array(c["values"], dtype=CLASS_DTYPES[c["dtype"]]), c["y_type"]

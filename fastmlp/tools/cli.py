@@ -9,6 +9,8 @@
 
 `train` drives the model API (fastmlp.model.MLP and its native TrainStep), not the scikit-learn
 estimators, so that it runs right after `pip install .`: scikit-learn is an optional extra.
+`train --save` still writes a fitted MLPClassifier's file (save_classifier), which keeps the
+classes: reading it back (fastmlp.load) needs scikit-learn.
 Under `mpiexec -n N` (mpi4py installed: `pip install "fastmlp[mpi]"`) it trains data-parallel
 (fastmlp.distributed): every rank loads the data and takes its share of every batch; rank 0
 prints and saves, and the samples/s are the job's.
@@ -24,7 +26,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import core, datasets, distributed
+from .. import core, datasets, distributed, io
 from .._version import __version__
 from ..model import MLP, diagnostics
 from . import bench
@@ -78,7 +80,9 @@ def cmd_info(args):
 
 
 def load_data(args):
-    """(X_train, y_train, X_test, y_test, description): float32 features, integer labels."""
+    """(X_train, y_train, X_test, y_test, description): float32 features; labels of the file's
+    kind (integers, whole or other floats, strings; bytes decoded as UTF-8), which the saved
+    classifier predicts as they are."""
     if args.data is None:
         images, labels = datasets.load_sample()
         X = datasets.prepare_images(images)
@@ -98,6 +102,7 @@ def load_data(args):
         if y is None:
             raise SystemExit(f"{args.data} holds no labels (a scipy.sparse.save_npz file): give "
                              "them with --labels FILE (.npy, or text with one label a line)")
+        y = _label_kinds(y, getattr(args, "labels", None) or args.data)
         X = _features(X, getattr(args, "scale", None))
         if X.shape[0] != len(y):
             raise SystemExit(f"{X.shape[0]} samples but {len(y)} labels")
@@ -115,17 +120,34 @@ def load_data(args):
 
 
 def _labels(path):
-    """Labels from a .npy file or a text file with one label a line."""
+    """Labels from a .npy file (as stored) or a text file with one label a line (typed as a CSV
+    label column is, datasets.typed_labels: 3 is the integer 3, setosa a string)."""
     try:
         if path.lower().endswith(".npy"):
             y = np.load(path, allow_pickle=False)
         else:
-            with open(path) as f:
-                y = np.array([line.strip() for line in f if line.strip()])
+            with open(path, encoding="utf-8-sig") as f:
+                y = datasets.typed_labels(np.array([s for s in map(str.strip, f) if s], str))
     except (OSError, ValueError) as e:
         raise SystemExit(f"--labels {path}: {e}") from None
     if y.ndim != 1:
         raise SystemExit(f"--labels {path}: need one label per sample (1-D), got shape {y.shape}")
+    return y
+
+
+def _label_kinds(y, source):
+    """y as the classes a model file can keep (bool, integers, floats, str): bytes are decoded,
+    other kinds refused before training rather than when --save writes them."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise SystemExit(f"{source}: need one label per sample (1-D), got shape {y.shape}")
+    if y.dtype.kind == "S":
+        try:
+            y = np.char.decode(y, "utf-8")
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"{source}: labels are bytes that are not UTF-8: {e}") from None
+    if y.dtype.kind not in "biufU":
+        raise SystemExit(f"{source}: labels must be numbers or strings, got dtype {y.dtype}")
     return y
 
 
@@ -298,11 +320,11 @@ def accuracy(model, X, y):
 
 def fit(model, step, X, y, X_val, y_val, args, progress, recorder=None):
     """args.epochs epochs of shuffled minibatches; returns (seconds, samples seen, epoch at
-    which Ctrl-C stopped training or None): an interrupt ends training, not the command, so the
-    summary is printed and --save still writes the model reached. recorder: a
-    diagnostics.Recorder of step, fed on each epoch's last batch."""
+    which Ctrl-C stopped training or None, mean loss of each epoch completed): an interrupt ends
+    training, not the command, so the summary is printed and --save still writes the model
+    reached. recorder: a diagnostics.Recorder of step, fed on each epoch's last batch."""
     rng = np.random.default_rng(args.seed)
-    n, seconds, seen = X.shape[0], 0.0, 0
+    n, seconds, seen, losses = X.shape[0], 0.0, 0, []
     order = np.arange(n)
     last_start = (n - 1) // args.batch_size * args.batch_size
     epoch, t0 = 0, time.perf_counter()
@@ -322,14 +344,15 @@ def fit(model, step, X, y, X_val, y_val, args, progress, recorder=None):
             seconds += elapsed
             val = accuracy(model, X_val, y_val) if X_val is not None else None
             progress.end_epoch(epoch, total / n, n / elapsed, val)
+            losses.append(total / n)
             if recorder is not None:
                 recorder.record(epoch, total / n)
     except KeyboardInterrupt:
         seconds += time.perf_counter() - t0
         if progress.tty:
             progress.stream.write("\n")
-        return seconds, seen, epoch
-    return seconds, seen, None
+        return seconds, seen, epoch, losses
+    return seconds, seen, None, losses
 
 
 def mpi_comm():
@@ -400,8 +423,8 @@ def _train(args, comm, model, step, classes, X_train, y_train, X_val, y_val, X_t
     recorder = diagnostics.Recorder(step) if args.diagnose else None
     with profile() if args.profile else contextlib.nullcontext() as prof:
         try:
-            seconds, seen, stopped = fit(model, step, X_train, y_train, X_val, y_val, args,
-                                         progress, recorder)
+            seconds, seen, stopped, losses = fit(model, step, X_train, y_train, X_val, y_val,
+                                                 args, progress, recorder)
         except Exception as e:
             if comm is not None and not isinstance(e, distributed.DistributedError):
                 step.fail(e)        # every rank stops
@@ -433,11 +456,41 @@ def _train(args, comm, model, step, classes, X_train, y_train, X_val, y_val, X_t
                                    f"norm {args.norm or 'none'}")
             print(f"wrote {args.plot}")
     if args.save:
-        model.save(args.save)
-        print(f"saved the model to {args.save} (fastmlp.load reads it; predict gives the "
-              f"scores of classes {_class_list(classes)})")
+        save_classifier(args.save, model, classes, args, losses, seen)
+        print(f"saved the model to {args.save} (a fitted fastmlp.MLPClassifier: "
+              f"fastmlp.load(path).predict gives labels {_class_list(classes)}, predict_proba "
+              f"their probabilities; reading it needs scikit-learn)")
     if stopped is not None:
         raise SystemExit(130)      # the shell's code for a command ended by Ctrl-C
+
+
+def save_classifier(path, model, classes, args, losses, seen):
+    """Write the trained model as a fitted fastmlp.MLPClassifier: the estimators' file (its
+    classes with their dtype, fitted attributes, and hyperparameters that say how `train`
+    trained it), written through fastmlp.io without the estimator class, which needs
+    scikit-learn; `train` does not, fastmlp.load of the file does. Two classes take
+    scikit-learn's binary form, one logistic output: the softmax of (z0, z1) is the logistic
+    of z1 - z0, so the last layer becomes W1 - W0, b1 - b0 (a fitted MLPClassifier's own)."""
+    L = model.n_layers
+    coefs, intercepts = model.params[0:2 * L:2], model.params[1:2 * L:2]
+    if len(classes) == 2:
+        coefs[-1] = coefs[-1][:, 1:] - coefs[-1][:, :1]
+        intercepts[-1] = intercepts[-1][1:] - intercepts[-1][:1]
+    multiclass = len(classes) > 2
+    hyper = dict(hidden_layer_sizes=list(args.hidden), activation=args.activation,
+                 solver=args.solver, alpha=0.0, batch_size=args.batch_size,
+                 learning_rate_init=args.lr, max_iter=args.epochs, normalization=args.norm,
+                 weight_decay=args.weight_decay if args.solver == "adamw" else 0.0,
+                 clip_grad_norm=args.clip)
+    attrs = dict(n_features_in_=model.layer_sizes[0], n_outputs_=coefs[-1].shape[1],
+                 n_layers_=L + 1, n_iter_=len(losses), t_=seen, loss_curve_=losses,
+                 **({"loss_": losses[-1]} if losses else {}))
+    io.write_model(path, "MLPClassifier", coefs, intercepts, model.activations,
+                   "softmax" if multiclass else "logistic",
+                   dict(hyperparameters=hyper, attributes=attrs,
+                        normalization=model.normalization,
+                        **io.classes_field(classes, "multiclass" if multiclass else "binary")),
+                   norm_tensors=model.norm_tensors())
 
 
 def _class_list(classes):
@@ -526,7 +579,7 @@ def parser():
                            "MNIST sample (first 8,000 images train, last 2,000 test).")
     train.add_argument("--data", help="a folder with MNIST IDX files, an .npz (X/y, x_train/"
                        "y_train, ..., or a sparse matrix from scipy.sparse.save_npz) or a .csv "
-                       "(label in the last column)")
+                       "(label in the last column: numbers or text)")
     train.add_argument("--labels", help="the labels of --data, for a save_npz file (which holds "
                        "none): a .npy file or text with one label a line")
     train.add_argument("--test-split", type=_fraction, default=0.2,
@@ -546,7 +599,8 @@ def parser():
     train.add_argument("--solver", default="adam", choices=SOLVERS)
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decay "
                        "(--solver adamw; default 0.01)")
-    train.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    train.add_argument("--lr", type=_positive_real, default=2e-3,
+                       help="learning rate (default 2e-3)")
     train.add_argument("--batch-size", type=_positive, default=128)
     train.add_argument("--epochs", type=_positive, default=10)
     train.add_argument("--threads", type=_positive, help="fastmlp threads (default: physical cores)")
@@ -564,7 +618,8 @@ def parser():
                        "ratio, dead or saturated units, activation statistics)")
     train.add_argument("--plot", metavar="FILE.png", help="with --diagnose: plot the loss and "
                        "per-layer gradient norms (matplotlib)")
-    train.add_argument("--save", metavar="PATH", help="write the model (.safetensors)")
+    train.add_argument("--save", metavar="PATH", help="write a fitted fastmlp.MLPClassifier "
+                       "(.safetensors): fastmlp.load(PATH).predict gives labels")
     train.add_argument("--profile", action="store_true", help="print the kernel profile")
     train.add_argument("--quiet", action="store_true", help="print the summary only")
     train.set_defaults(run=cmd_train)

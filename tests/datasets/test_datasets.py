@@ -491,12 +491,42 @@ def test_load_csv_label_column_and_header_options(tmp_path):
     X, y = datasets.load_csv(path, skip_header=True)
     np.testing.assert_array_equal(X, [[8, 3]])
     np.testing.assert_array_equal(y, [4])
-    X, y = datasets.load_csv(write_text(tmp_path, "1,0.25\n2,0.5\n", "float.csv"))
-    assert y.dtype == np.float32
-    np.testing.assert_array_equal(y, [0.25, 0.5])
+    X, y = datasets.load_csv(write_text(tmp_path, "1,0.1\n2,0.5\n", "float.csv"))
+    assert y.dtype == np.float64        # each class exactly as written
+    np.testing.assert_array_equal(y, [0.1, 0.5])
+
+
+def test_load_csv_text_labels(tmp_path):
+    # no header: a first line of numbers over a text label is data
+    X, y = datasets.load_csv(write_text(tmp_path, '5.1,3.5,setosa\n4.9, 3 ,"versicolor"\n'))
+    np.testing.assert_array_equal(X, np.array([[5.1, 3.5], [4.9, 3]], np.float32))
+    assert y.dtype.kind == "U" and y.tolist() == ["setosa", "versicolor"]
+    # a header over text labels, the label first
+    X, y = datasets.load_csv(write_text(tmp_path, "species,a\nb,1\n3,2\n"), label_column=0)
+    assert y.tolist() == ["b", "3"] and X.tolist() == [[1], [2]]   # one text label: all text
+    # a header whose only text is the label's name, over numeric (quoted) labels
+    X, y = datasets.load_csv(write_text(tmp_path, '1,2,label\n5,6,"3"\n7,8,12.0\n'))
+    assert y.dtype == np.int64 and y.tolist() == [3, 12] and X.tolist() == [[5, 6], [7, 8]]
+
+
+def test_typed_labels():
+    assert datasets.typed_labels(np.array([" 3", "7 ", "12.0"])).tolist() == [3, 7, 12]
+    assert datasets.typed_labels(np.array(["3", "7"])).dtype == np.int64
+    assert datasets.typed_labels(np.array(["0.5", "1"])).dtype == np.float64
+    assert datasets.typed_labels(np.array(["1e20", "1"])).dtype == np.float64   # not int64
+    labels = datasets.typed_labels(np.array(["cat", " 3 "]))
+    assert labels.dtype.kind == "U" and labels.tolist() == ["cat", "3"]
+    for bad in (["a", ""], ["a", "nan"], ["1", "inf"]):
+        with pytest.raises(ValueError):
+            datasets.typed_labels(np.array(bad))
 
 
 @pytest.mark.parametrize("text, message", [
+    ("1,2,cat\n4,5\n", "line 2: 2 columns, but the first data row has 3"),
+    ("1,2,cat\n4,5,dog,6\n", "line 2: 4 columns, but the first data row has 3"),
+    ("1,2,cat\n4,five,dog\n", "line 2, column 2: 'five' is not a finite number"),
+    ("1,2,cat\n4,5,\n", "line 2, column 3: empty cell"),
+    ("1,2,cat\n4,5,nan\n", "line 2, column 3: 'nan' is not a finite number"),
     ("1,2,3\n4,5\n", "line 2: 2 columns, but the first data row has 3"),
     ("x,y,z\n1,2,3\n4,5,6,7\n", "line 3: 4 columns, but the first data row has 3"),
     ("1,2,3\n4,five,6\n", "line 2, column 2: 'five' is not a finite number"),

@@ -198,9 +198,8 @@ def test_cli_trains_data_parallel_and_rank_0_reports_and_saves(tmp_path):
     assert r.stderr.count("2 MPI ranks") == 1           # the header, from rank 0 only
     accuracy = float(summary[0].split()[2].rstrip("%"))
     assert accuracy > 80, summary                      # 2 epochs of the bundled MNIST sample
-    import fastmlp
-    model = fastmlp.load(str(saved))
-    assert model.layer_sizes[1] == 64
+    from fastmlp.io import read_model
+    assert read_model(str(saved), ("MLPClassifier",)).layer_sizes[1] == 64
 
 
 def test_cli_failure_on_one_rank_stops_the_job(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 import fastmlp
 from fastmlp import datasets
+from fastmlp.io import read_classes, read_model
 from fastmlp.testing import assert_bitwise_equal
 from fastmlp.tools import bench
 from fastmlp.tools.bench import context
@@ -70,12 +71,16 @@ def test_train_bundled_sample_and_save(tmp_path):
     assert len(re.findall(r"^epoch \d/3 .* loss [\d.]+ [\d,]+ samples/s$", result.stderr,
                           re.M)) == 3
     assert "\r" not in result.stderr
-    # the saved file is the model the summary scored
-    model = fastmlp.load(tmp_path / "model.safetensors")
-    assert model.layer_sizes == [784, 32, 10]
+    # the saved file is the classifier the summary scored (read without scikit-learn: its
+    # layers by hand, as MLPClassifier.predict runs them)
+    f = read_model(tmp_path / "model.safetensors", ("MLPClassifier",))
+    assert f.layer_sizes == [784, 32, 10] and f.out_activation == "softmax"
+    classes, y_type = read_classes(f)
+    assert y_type == "multiclass" and classes.tolist() == list(range(10))
     images, labels = datasets.load_sample()
     X_test = datasets.prepare_images(images[8000:])
-    predicted = model.predict(X_test).argmax(axis=1)
+    hidden = np.maximum(X_test @ f.coefs[0] + f.intercepts[0], 0)
+    predicted = classes[(hidden @ f.coefs[1] + f.intercepts[1]).argmax(axis=1)]
     assert 100 * np.mean(predicted == labels[8000:]) == pytest.approx(accuracy, abs=0.005)
 
 
@@ -192,10 +197,10 @@ def test_train_norm_clip_diagnose_and_plot(tmp_path):
     assert [r[0] for r in rows] == ["0", "1", "2"] * 2
     assert all(float(r[2]) > 0 for r in rows)
     assert (tmp_path / "diag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    model = fastmlp.load(tmp_path / "m.safetensors")
-    assert model.normalization == ["batch", "batch"]
+    f = read_model(tmp_path / "m.safetensors", ("MLPClassifier",))
+    assert f.doc["normalization"] == ["batch", "batch"]
     # the running statistics moved away from their start (zeros, ones) and were saved
-    assert not np.allclose(model.running_stats[0], 0)
+    assert not np.allclose(f.norms["norm.0.running_mean"], 0)
 
 
 def test_train_plot_needs_diagnose(tmp_path):
@@ -287,7 +292,7 @@ def test_ctrl_c_prints_the_summary_and_still_saves(tmp_path):
     accuracy, n_test = summary(out)
     assert n_test > 0 and accuracy > 50
     assert f"saved the model to {saved}" in out
-    assert fastmlp.load(saved).layer_sizes[1] == 32
+    assert read_model(saved, ("MLPClassifier",)).layer_sizes[1] == 32
 
 
 def test_integer_tables_are_not_taken_for_pixels():
@@ -323,3 +328,125 @@ def test_the_test_split_is_shuffled_and_stratified():
     assert np.array_equal(again[1], test) and not np.array_equal(other[1], test)
     strings = np.array(["cat", "dog"] * 10)
     assert set(strings[split_rows(strings, 4, 0)[1]]) == {"cat", "dog"}
+
+
+# ---- --save writes a classifier that predicts the file's labels ------------------------------
+
+
+def held_out(X, y, test_split=0.2, seed=0):
+    """The rows `fastmlp train` holds out as its test set (the same split, from its own code)."""
+    from fastmlp.tools.cli import split_rows
+    n_test = max(1, int(round(len(y) * test_split)))
+    test = split_rows(y, n_test, seed)[1]
+    return X[test], y[test]
+
+
+def check_saved_classifier(path, X_test, y_test, printed_accuracy):
+    """The file loads as a fitted MLPClassifier whose predict gives labels (1-D, of y's kind:
+    not the scores of a raw MLP) scoring the accuracy the CLI printed; returns them."""
+    pytest.importorskip("sklearn")
+    clf = fastmlp.load(path)
+    assert isinstance(clf, fastmlp.MLPClassifier)
+    predicted = clf.predict(X_test)
+    assert predicted.shape == (len(y_test),)          # a raw MLP gave (n, n_classes) scores
+    assert predicted.dtype.kind == y_test.dtype.kind
+    assert set(predicted.tolist()) <= set(y_test.tolist())
+    assert 100 * np.mean(predicted == y_test) == pytest.approx(printed_accuracy, abs=0.005)
+    proba = clf.predict_proba(X_test)
+    assert proba.shape == (len(y_test), len(clf.classes_))
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], predicted)
+    return clf
+
+
+def test_csv_with_string_labels_trains_and_saves_a_classifier_of_those_labels(tmp_path):
+    X, codes = blobs(400, seed=2)
+    names = {10: "setosa", 20: "versicolor", 30: "virginica"}
+    # no header: the first line is data (its label cell is text, as below it)
+    rows = [",".join(f"{v:.4f}" for v in x) + f",{names[c]}" for x, c in zip(X, codes)]
+    (tmp_path / "iris.csv").write_text("\n".join(rows) + "\n")
+    result = run(["train", "--data", "iris.csv", "--epochs", "10", "--hidden", "16",
+                  "--batch-size", "32", "--save", "m.safetensors"], tmp_path)
+    accuracy, n_test = summary(result.stdout)
+    assert accuracy > 90
+    assert "predict gives labels [setosa, versicolor, virginica]" in result.stdout
+    X_csv, y = datasets.load_csv(tmp_path / "iris.csv")
+    assert len(y) == 400 and y.dtype.kind == "U"     # the first line is a sample too
+    X_test, y_test = held_out(X_csv, y)
+    assert len(y_test) == n_test
+    clf = check_saved_classifier(tmp_path / "m.safetensors", X_test, y_test, accuracy)
+    assert clf.classes_.tolist() == ["setosa", "versicolor", "virginica"]
+    assert clf.n_features_in_ == 4 and clf.n_iter_ == 10 and len(clf.loss_curve_) == 10
+
+
+@pytest.mark.parametrize("norm", [None, "layer", "batch"])
+def test_integer_labels_come_back_as_themselves_with_every_norm(tmp_path, norm):
+    X, y = blobs(500, seed=3)
+    y = np.select([y == 10, y == 20], [3, 7], 12)       # classes 3, 7, 12: not 0..C-1
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    result = run(["train", "--data", "d.npz", "--epochs", "10", "--hidden", "16,8",
+                  "--batch-size", "32", "--save", "m.safetensors"]
+                 + (["--norm", norm] if norm else []), tmp_path)
+    accuracy, _ = summary(result.stdout)
+    assert accuracy > 85
+    clf = check_saved_classifier(tmp_path / "m.safetensors", *held_out(X, y), accuracy)
+    assert clf.classes_.tolist() == [3, 7, 12] and clf.classes_.dtype.kind == "i"
+    assert clf.normalization == norm
+    if norm == "batch":     # the running statistics moved from their start and were saved
+        assert not np.allclose(clf.running_stats_[0], 0)
+
+
+def test_two_classes_save_as_a_binary_classifier(tmp_path):
+    """Two classes give scikit-learn's binary form (one logistic output, from the softmax
+    pair); labels from a --labels text file are typed: -1 and 1 are integers."""
+    sp = pytest.importorskip("scipy.sparse")
+    X, y = blobs(500, seed=4)
+    y = np.where(y == 10, -1, 1)
+    sp.save_npz(tmp_path / "x.npz", sp.csr_matrix(X))
+    (tmp_path / "y.txt").write_text("".join(f" {v}\n" for v in y))
+    result = run(["train", "--data", "x.npz", "--labels", "y.txt", "--epochs", "10",
+                  "--hidden", "16", "--batch-size", "32", "--save", "m.safetensors"], tmp_path)
+    accuracy, _ = summary(result.stdout)
+    assert accuracy > 90
+    clf = check_saved_classifier(tmp_path / "m.safetensors", *held_out(X, y), accuracy)
+    assert clf.classes_.tolist() == [-1, 1] and clf.n_outputs_ == 1
+    assert clf.out_activation_ == "logistic"
+
+
+def test_train_and_save_need_no_scikit_learn_and_load_says_it_does(tmp_path):
+    """`train --save` runs with scikit-learn unimportable; fastmlp.load of the file then
+    raises ImportError naming scikit-learn, and fastmlp.io still reads the file."""
+    X, y = blobs(200, seed=5)
+    np.savez(tmp_path / "d.npz", X=X, y=np.array(["a", "b", "c"])[(y // 10) - 1])
+    script = f"""
+import sys
+sys.modules["sklearn"] = None         # import sklearn raises ImportError
+from fastmlp.tools.cli import main
+import fastmlp, fastmlp.io
+main(["train", "--data", "d.npz", "--epochs", "1", "--quiet", "--save", "m.safetensors"])
+f = fastmlp.io.read_model("m.safetensors", ("MLPClassifier",))
+print(fastmlp.io.read_classes(f)[0].tolist())
+try:
+    fastmlp.load("m.safetensors")
+except ImportError as e:
+    print("ImportError:", e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-2] == "['a', 'b', 'c']"
+    assert lines[-1].startswith("ImportError:") and "scikit-learn" in lines[-1]
+
+
+def test_labels_the_model_file_cannot_keep_are_refused_before_training(tmp_path):
+    X, _ = blobs(50)
+    np.savez(tmp_path / "c.npz", X=X, y=np.ones(50, np.complex64))
+    r = run(["train", "--data", "c.npz", "--epochs", "1"], tmp_path, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "labels must be numbers or strings, got dtype complex64" in r.stderr
+    (tmp_path / "bad.csv").write_text("1,2,a\n3,x,b\n")
+    r = run(["train", "--data", "bad.csv", "--epochs", "1"], tmp_path, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "bad.csv, line 2, column 2: 'x' is not a finite number" in r.stderr
