@@ -50,6 +50,28 @@ def test_file_is_plain_safetensors(saved):
     assert struct.unpack("<Q", raw[:8])[0] % 8 == 0      # data aligned to 8 bytes
 
 
+def test_round_trip_through_the_safetensors_package(saved, tmp_path):
+    """fastmlp's files are what the reference implementation (Hugging Face's safetensors
+    package) reads: the same tensors, bit for bit, and the metadata; and a file that package
+    writes from those tensors and metadata is one fastmlp loads, predicting the same."""
+    st = pytest.importorskip("safetensors.numpy")
+    from safetensors import safe_open
+    model, path, _ = saved
+    theirs = st.load_file(str(path))
+    meta, ours = safetensors.read_file(path, io.MAX_BYTES)
+    assert list(theirs) == list(ours)
+    for name in ours:
+        assert theirs[name].dtype == np.float32
+        assert_bitwise_equal(theirs[name], ours[name])
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata() == meta
+    written = tmp_path / "by_safetensors.safetensors"
+    st.save_file(theirs, str(written), metadata=meta)
+    back = fastmlp.load(written)
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    assert_bitwise_equal(back.predict(x), model.predict(x))
+
+
 def _set(key, value):
     return lambda doc: doc.__setitem__(key, value)
 
