@@ -27,6 +27,9 @@ every rank calls fit with the same data and takes its share of every batch; the 
 their gradients in one allreduce per step and end with the same model, the same loss_curve_,
 validation scores and n_iter_. Only rank 0 writes files (save). A comm of one rank is serial.
 
+``to_onnx()`` exports a fitted estimator to ONNX (fastmlp.estimators.onnx_export: onnx's
+graph of what predict / predict_proba compute); ``register_skl2onnx()`` teaches skl2onnx the same.
+
 scikit-learn is required by this module (``pip install "fastmlp[sklearn]"``); the kernels and
 the model API work without it.
 """
@@ -67,8 +70,9 @@ from ..core import (ACTIVATIONS, MAX_THREADS, TrainStep, batchnorm_forward, flat
                     is_sparse, local_num_threads, matmul, sparse_matmul)
 from ..model import init_params, norm_params, normalization_list, optim, running_stats
 from ..model.diagnostics import Recorder
+from . import onnx_export
 
-__all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError"]
+__all__ = ["MLPClassifier", "MLPRegressor", "NonFiniteWeightsError", "register_skl2onnx"]
 
 # solver -> TrainStep's optimizer (lbfgs: none, the full-batch loss and gradient)
 SOLVERS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "lbfgs": None}
@@ -775,6 +779,13 @@ class _BaseMLP(BaseEstimator):
         """What this kind adds to a file's metadata."""
         return {}
 
+    def to_onnx(self, path=None):
+        """The fitted network as an ONNX model (onnx.ModelProto), written to path too when
+        given: input X float32 (n, n_features); outputs label and probabilities (classifier)
+        or variable (regressor), what predict / predict_proba give. Needs the onnx package
+        (pip install "fastmlp[onnx]"); see fastmlp.estimators.onnx_export.to_onnx."""
+        return onnx_export.to_onnx(self, path)
+
     @classmethod
     def _from_file(cls, f):
         """The estimator a checked io.ModelFile holds."""
@@ -1056,3 +1067,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Predictions (n_samples,) or (n_samples, n_outputs), float32."""
         check_is_fitted(self)
         return self._predict(self._validate_X(X, reset=False))
+
+
+def register_skl2onnx():
+    """Let skl2onnx convert MLPClassifier and MLPRegressor (alone or in a Pipeline):
+    skl2onnx.to_onnx(est, X[:1]) then gives to_onnx's graph, without ZipMap (a float64 X[:1]
+    gives a float64 input, rounded to float32 in the graph). Needs skl2onnx."""
+    onnx_export.register_skl2onnx_converters(MLPClassifier, MLPRegressor)
