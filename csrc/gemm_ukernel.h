@@ -138,8 +138,6 @@ static void run_tile(ptrdiff_t kc, const float *a, int a_packed, ptrdiff_t ars, 
     }
 }
 
-/* Combine x, lanes [0, n) of row i of C from column j on, with C; apply the epilogue on the last
- * K block; store (contracts 3-5). */
 /* Whether the epilogue works on the tile's values (an update epilogue alone does not: it runs on
  * C afterwards, update_block). */
 static inline int tile_epilogue(const fm_epilogue *ep)
@@ -147,6 +145,8 @@ static inline int tile_epilogue(const fm_epilogue *ep)
     return ep && (ep->bias || ep->act != FM_ACT_IDENTITY || ep->grad_act != FM_ACT_IDENTITY);
 }
 
+/* Combine x, lanes [0, n) of row i of C from column j on, with C; apply the epilogue on the last
+ * K block; store (contracts 3-5). */
 static inline void store_c(const gemm_args *g, vf x, ptrdiff_t i, ptrdiff_t j, int n, int first,
                            int last)
 {
