@@ -55,7 +55,7 @@ static void gemm_range(const gemm_args *g, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                                      first);
                         if (!direct) tile_store(g, tile, ic + ir, jc + jr, mr, nr, first, last);
                     }
-                    /* these rows of C are final: the update epilogue (C^T's rows are C's columns) */
+                    /* these rows of C are final: the update epilogue (C^T rows are C columns) */
                     if (last && g->upd) {
                         if (g->tc)
                             update_block(g, jc, nc, ic + ir, mr);

@@ -63,9 +63,10 @@
 #    element (r0 + r, c) so masks do not depend on how the batch is cut. A shard may be empty
 #    (zero gradient). reduce_buffer is flat_grads followed by REDUCE_TAIL float32 slots the
 #    caller fills (the loss share, status flags) so that they travel in the same allreduce.
-# p) run() with fuse_update ("auto", the default, or True) steps each layer's W inside the product that makes its
-#    gradient, dW = A^T D (an update epilogue, fastmlp.h): the gradient is still stored, and the
-#    optimizer reads it from registers instead of a second pass over flat_grads. Backward computes
+# p) run() with fuse_update ("auto", the default, or True) steps each layer's W inside the
+#    product that makes its gradient, dW = A^T D (an update epilogue, fastmlp.h): the gradient is
+#    still stored, and the optimizer reads each finished block of it back from L1/L2 instead of
+#    a second pass over flat_grads. Backward computes
 #    a layer's D W^T before its dW, so the product that needs W reads it before it changes; then
 #    update steps whatever was not stepped yet (biases, norms, a sparse first layer's W). The
 #    bits are those of the three phases (the optimizer's arithmetic is one source,
