@@ -114,24 +114,43 @@ typedef struct {
     float *db;
 } bias_grad_ctx;
 
+/* Column blocks [lo, hi), BIAS_GROUP at a time: each row of a group is BIAS_GROUP contiguous
+ * vectors, summed into as many accumulators. One strip of VLEN columns at a time would walk dZ
+ * with a stride of a whole row per vector (a new page every row or two, no prefetch) and wait
+ * on one chain of adds. Each column is still summed in row order. */
+#define BIAS_GROUP 8
 static void bias_grad_blocks(void *ctx, ptrdiff_t lo, ptrdiff_t hi)
 {
     const bias_grad_ctx *c = ctx;
-    for (ptrdiff_t b = lo; b < hi; b++) {
-        ptrdiff_t j = b * VLEN;
-        int n = (int)(c->N - j);
-        vf s = vsplat(0.0f);
-        for (ptrdiff_t i = 0; i < c->M; i++) s = s + vload_n(c->dZ + i * c->N + j, n);
-        vstore_n(c->db + j, s, n);
+    for (ptrdiff_t b = lo; b < hi; b += BIAS_GROUP) {
+        int nb = (int)(hi - b < BIAS_GROUP ? hi - b : BIAS_GROUP);
+        const float *col = c->dZ + b * VLEN;
+        int n_last = (int)(c->N - (b + nb - 1) * VLEN); /* lanes of the group's last vector */
+        vf s[BIAS_GROUP];
+        for (int k = 0; k < BIAS_GROUP; k++) s[k] = vsplat(0.0f);
+        if (nb == BIAS_GROUP && n_last >= VLEN) {
+            for (ptrdiff_t i = 0; i < c->M; i++)
+                for (int k = 0; k < BIAS_GROUP; k++) s[k] = s[k] + vload(col + i * c->N + k * VLEN);
+        } else if (nb == 1) { /* a narrow layer's one block: one chain, kept in a register */
+            for (ptrdiff_t i = 0; i < c->M; i++) s[0] = s[0] + vload_n(col + i * c->N, n_last);
+        } else {
+            for (ptrdiff_t i = 0; i < c->M; i++)
+                for (int k = 0; k < nb; k++)
+                    s[k] = s[k] + vload_n(col + i * c->N + k * VLEN, k < nb - 1 ? VLEN : n_last);
+        }
+        for (int k = 0; k < nb; k++)
+            vstore_n(c->db + (b + k) * VLEN, s[k], k < nb - 1 ? VLEN : n_last);
     }
 }
 
-/* dZ[M,N] -> db[N]: column sums, each in row order (note b). Tasks take column blocks. */
+/* dZ[M,N] -> db[N]: column sums, each in row order (note b). Tasks take column blocks, whole
+ * groups of them where the columns allow. */
 static void bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int nthreads)
 {
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     if (nblk <= 0) return;
     ptrdiff_t per = M > 0 ? TASK_ELEMS / (M * VLEN) : nblk; /* column blocks per task */
+    if (per < BIAS_GROUP) per = BIAS_GROUP;
     bias_grad_ctx c = {M, N, dZ, db};
     parallel_range(nblk, per, threads_for(M * N, nthreads), bias_grad_blocks, &c);
 }
