@@ -88,7 +88,8 @@ static double split_cost(ptrdiff_t n, ptrdiff_t step, ptrdiff_t other, ptrdiff_t
  * for every thread, unless split_cost finds M cheaper (splitting N repeats the packing of A in
  * every thread, or deals its panels unevenly: gemm_rules.md, "split cost"); except
  *  - for a transposed A (the weight gradient X^T dZ, tall and narrow), where splitting M halves
- *    the packing of A and every thread reads the narrow B in place ("weight gradient");
+ *    the packing of A and every thread reads the narrow B in place (or packs it, from a row
+ *    stride of FM_PACK_B_LD floats on: "pack B from a stride") ("weight gradient");
  *  - for a short K, where writing C is the cost: threads that share rows of C write interleaved
  *    pieces of each row, slower than whole rows per thread ("short K"). */
 static int split_n_of(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,

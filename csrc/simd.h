@@ -35,7 +35,7 @@
 #define FM_KC 384 /* 12 x 384 A micro-panel = 18 KiB in L1 */
 #define FM_MC 96
 #define FM_NC 512 /* 384 x 512 B panel = 768 KiB in L2 */
-#define FM_PACK_B_LD 1024 /* 12 rows reuse each B vector: see "pack B from a stride" */
+#define FM_PACK_B_LD 512 /* 12 rows reuse each B vector: see "pack B from a stride" */
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 static inline __mmask16 vmask_(int n)
