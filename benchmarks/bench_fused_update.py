@@ -1,10 +1,12 @@
 """What fusing the optimizer into the weight gradients' products saves (TrainStep note p): the
 native training step of a 784-512-256-10 ReLU MLP with Adam on the bundled MNIST sample (real
 data: random inputs and labels drive Adam's state into subnormal floats, which slow any x86 CPU
-down several times; each measurement starts afresh), run() with fuse_update=True (at every batch: the default "auto" stops at 256) and False from
-the same parameters, at batch 32,
-128 and 512, interleaved repeats; samples/s (median and min-max) and the whole step's GFLOP/s as
-% of the measured peak.
+down several times; each measurement starts afresh), run() with fuse_update=True (at every
+batch: the default "auto" stops at FUSE_AUTO_MAX_BATCH, 256 on Intel and 0 elsewhere) and False
+from the same parameters, at batch 32, 128 and 512, interleaved repeats in alternating order;
+samples/s (median and min-max), the whole step's GFLOP/s as % of the measured peak, and the
+fused / unfused ratio of each repeat's adjacent pair of runs (median, interquartile range, and
+how many pairs the fused step won).
 
     env -u OPENBLAS_CORETYPE python benchmarks/bench_fused_update.py [--repeats 9] [--batches 32,128,512]
         [--json F]
@@ -51,8 +53,8 @@ def main():
     rows = []
     for batch in map(int, args.batches.split(",")):
         rates = {True: [], False: []}
-        for _ in range(args.repeats):                       # interleaved
-            for fuse in rates:
+        for i in range(args.repeats):                       # interleaved, in both orders
+            for fuse in ((True, False) if i % 2 == 0 else (False, True)):
                 # a fresh step from the initial parameters each time: a long run on 10,000
                 # samples drives Adam's state into subnormals, slow on any x86 CPU
                 s = core.TrainStep(core.flat_params([p.copy() for p in model.params]),
@@ -68,13 +70,21 @@ def main():
                          "percent_of_peak": float(np.median(r) * FLOP_PER_SAMPLE * 1e-9 / peak
                                                   * 100)}
         row["speedup"] = row["fused"]["median"] / row["unfused"]["median"]
+        # each repeat's two runs are adjacent in time: their ratio is steadier than the ratio of
+        # medians on a machine whose speed drifts (shared VMs)
+        pairs = np.array(rates[True]) / np.array(rates[False])
+        q1, q3 = np.percentile(pairs, [25, 75])
+        row["pair_ratio"] = {"median": float(np.median(pairs)), "q1": float(q1), "q3": float(q3),
+                             "fused_faster": int((pairs > 1).sum()), "pairs": len(pairs)}
         rows.append(row)
         print(f"batch {batch:4}: fused {row['fused']['median']:9,.0f} samples/s "
               f"({row['fused']['min']:,.0f}-{row['fused']['max']:,.0f}, "
               f"{row['fused']['percent_of_peak']:.1f}% of peak) | unfused "
               f"{row['unfused']['median']:9,.0f} ({row['unfused']['min']:,.0f}-"
               f"{row['unfused']['max']:,.0f}, {row['unfused']['percent_of_peak']:.1f}%) | "
-              f"{row['speedup']:.3f}x")
+              f"{row['speedup']:.3f}x; pairs {row['pair_ratio']['median']:.3f}x "
+              f"(IQR {q1:.3f}-{q3:.3f}, fused faster in {row['pair_ratio']['fused_faster']} of "
+              f"{len(pairs)})")
     if args.json:
         out = {"context": bench.context(), "peak_gflops": peak, "flop_per_sample": FLOP_PER_SAMPLE,
                "repeats": args.repeats, "results": rows}

@@ -40,6 +40,16 @@ int fm_cpu_supports(int isa)
     return 0;
 }
 
+int fm_cpu_vendor(void)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("intel")) return FM_VENDOR_INTEL;
+    if (__builtin_cpu_is("amd")) return FM_VENDOR_AMD;
+#endif
+    return FM_VENDOR_OTHER;
+}
+
 int fm_set_isa(int isa)
 {
     if (isa < 0 || isa >= FM_ISA_COUNT || !fm_cpu_supports(isa)) return FM_EINVAL;

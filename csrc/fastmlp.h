@@ -47,6 +47,8 @@ enum {
 
 /* Instruction-set paths compiled into the binary. */
 enum { FM_ISA_GENERIC = 0, FM_ISA_AVX2 = 1, FM_ISA_AVX512 = 2, FM_ISA_NEON = 3, FM_ISA_COUNT = 4 };
+/* The CPU's maker (fm_cpu_vendor), for the few rules measured to differ between them. */
+enum { FM_VENDOR_OTHER = 0, FM_VENDOR_INTEL = 1, FM_VENDOR_AMD = 2 };
 
 /* An optimizer step (one of the update kernels below, named by kernel: FM_K_SGD_UPDATE,
  * FM_K_RMSPROP_UPDATE or FM_K_ADAM_UPDATE) on a parameter P whose gradient is a GEMM's C: the
@@ -283,6 +285,7 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
 int fm_cpu_supports(int isa);          /* 1 if this CPU (and OS) can run the ISA path */
 int fm_set_isa(int isa);               /* FM_OK, or FM_EINVAL if unsupported: nothing changes */
 int fm_get_isa(void);
+int fm_cpu_vendor(void);             /* FM_VENDOR_*: OTHER off x86-64 */
 /* Block sizes of an ISA's GEMM (MR, NR fixed at compile time; KC, MC, NC tunable). Both return
  * FM_EINVAL for an ISA this build does not have (and set_blocks for blocks out of range). */
 int fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc);

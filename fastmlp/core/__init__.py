@@ -15,7 +15,7 @@ table are process state of the C library, and a second module would carry a seco
                  kernels read)
     plan         matmul_plan (how matmul runs a product: GEMM_PATHS, threads, blocks)
     training     TrainStep (forward / backward / update in native code), flat_params,
-                 flat_buffer, dropout_mask, LOSSES, OPTIMIZERS
+                 flat_buffer, dropout_mask, LOSSES, OPTIMIZERS, FUSE_AUTO_MAX_BATCH
     machine      ISAS, supported_isas, get_isa, set_isa, gemm_blocks, set_gemm_blocks,
                  get_num_threads, set_num_threads, local_num_threads, MAX_THREADS,
                  measure_peak_gflops, info
@@ -26,6 +26,7 @@ Everything above the core (model, io, estimators, tools) imports it; it imports 
 from . import machine, reference, testing
 from ._native import (
     ACTIVATIONS,
+    FUSE_AUTO_MAX_BATCH,
     GEMM_PATHS,
     ISAS,
     KERNELS,
@@ -72,7 +73,7 @@ from .machine import info
 machine.configure()
 
 __all__ = [
-    "ACTIVATIONS", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS", "OPTIMIZERS",
+    "ACTIVATIONS", "FUSE_AUTO_MAX_BATCH", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS", "OPTIMIZERS",
     "TrainStep", "local_num_threads", "activation_backward", "adam_update", "batchnorm_backward",
     "batchnorm_forward", "bias_activation", "bias_grad", "clip_grad_norm", "csr_arrays",
     "dropout_mask", "flat_buffer", "flat_params", "gemm_blocks", "get_isa", "get_num_threads",

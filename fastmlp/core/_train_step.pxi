@@ -73,8 +73,8 @@
 #    csrc/optim_impl.h; tests/model/test_train_step.py compares them). Not fused where something
 #    must see every gradient before any parameter moves (gradient clipping or its measurement,
 #    the phases called one by one: data parallelism's allreduce sits between them), nor, with
-#    "auto", above batch _FUSE_MAX_BATCH, where the optimizer is a small part of the step and
-#    stepping inside the product measured slower (True fuses at any batch).
+#    "auto", above batch FUSE_AUTO_MAX_BATCH, which depends on the CPU (below; True fuses at
+#    any batch, False never).
 # A TrainStep is not meant to be run from two Python threads at once (the buffers are shared).
 
 from libc.stdint cimport uint64_t
@@ -87,10 +87,13 @@ from libc.stdlib cimport calloc, free
 cdef tuple _LOSS_KERNELS = (FM_K_SOFTMAX_CROSS_ENTROPY, FM_K_SIGMOID_CROSS_ENTROPY, FM_K_MSE_LOSS,
                             FM_K_POISSON_LOSS)
 cdef tuple _UPDATE_KERNELS = (FM_K_SGD_UPDATE, FM_K_RMSPROP_UPDATE, FM_K_ADAM_UPDATE)
-# The largest batch whose run() fuses the update (note p): above it the fused step measured no
-# faster, and at 384 and 512 a few percent slower (benchmarks/results/fused_update.md).
-cdef enum:
-    _FUSE_MAX_BATCH = 256
+# The largest batch whose run() fuses the update with fuse_update="auto" (note p), by CPU maker
+# (benchmarks/results/fused_update.md): on an Intel Xeon (family 6 model 167) fusing measured
+# 1.02-1.09x up to batch 256 and slower above; on an AMD Zen 4 (family 25 model 17) slower at
+# every batch (the unfused step 1.04-1.11x at 32-256, 1.01x at 512), so "auto" fuses only on
+# Intel. Elsewhere it does not fuse: unmeasured, and the unfused phases are the reference.
+FUSE_AUTO_MAX_BATCH = 256 if fm_cpu_vendor() == FM_VENDOR_INTEL else 0
+cdef Py_ssize_t _fuse_max_batch = FUSE_AUTO_MAX_BATCH
 LOSSES = tuple(KERNELS[k] for k in _LOSS_KERNELS)
 OPTIMIZERS = tuple(KERNELS[k].removesuffix("_update") for k in _UPDATE_KERNELS)
 
@@ -312,7 +315,8 @@ cdef class TrainStep:
     norm_decay: gamma and beta get the L2 penalty and AdamW's decay too (default False).
     clip_grad_norm: 0 (off) or the largest global norm of flat_grads an update uses (note n).
     measure_grad_norm: measure grad_norm on every update without clipping.
-    fuse_update: "auto" (the default: up to batch 256), True or False: whether run() steps each
+    fuse_update: "auto" (the default: up to batch FUSE_AUTO_MAX_BATCH, 256 on Intel CPUs and 0,
+        never, on others, where fusing measured slower), True or False: whether run() steps each
         weight matrix in the product that makes its gradient (note p; the same bits as the
         phases one by one) or runs the three phases as they are.
 
@@ -994,7 +998,7 @@ cdef class TrainStep:
         cdef int status
         cdef fm_update up
         cdef bint fuse = (self.fuse_update is not False and not self.measure_norm and  # note p
-                          (self.fuse_update is True or inp.M <= _FUSE_MAX_BATCH))
+                          (self.fuse_update is True or inp.M <= _fuse_max_batch))
         up.kernel = self.update_kernel; up.lr = lr_; up.momentum = self.momentum
         up.nesterov = self.nesterov; up.rho = self.rho; up.beta1 = self.beta1
         up.beta2 = self.beta2; up.eps = self.eps; up.weight_decay = self.weight_decay

@@ -28,6 +28,11 @@ cdef extern from "fastmlp.h" nogil:
         FM_ISA_COUNT
 
     enum:
+        FM_VENDOR_OTHER
+        FM_VENDOR_INTEL
+        FM_VENDOR_AMD
+
+    enum:
         FM_PATH_BLOCKED
         FM_PATH_BLOCKED_CT
         FM_PATH_DOT
@@ -169,6 +174,7 @@ cdef extern from "fastmlp.h" nogil:
     int fm_cpu_supports(int isa)
     int fm_set_isa(int isa)
     int fm_get_isa()
+    int fm_cpu_vendor()
     int fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc)
     int fm_set_blocks(int isa, int kc, int mc, int nc)
     double fm_measure_peak_gflops(double seconds, int nthreads)

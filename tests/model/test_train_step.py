@@ -359,24 +359,38 @@ def test_fused_update_equals_the_phases_bitwise(isa, case):
     assert steps[0].t == steps[1].t == 4
 
 
+def test_fuse_auto_follows_the_cpu_maker():
+    """fuse_update="auto" fuses up to batch 256 on Intel CPUs only (note p): the maker the C core
+    reads from CPUID agrees with /proc/cpuinfo's vendor_id."""
+    cpu = fastmlp.core.machine.cpu_id()
+    if cpu is None:
+        pytest.skip("no /proc/cpuinfo vendor_id here")
+    expected = 256 if cpu.startswith("GenuineIntel ") else 0
+    assert fastmlp.core.FUSE_AUTO_MAX_BATCH == expected
+
+
 def test_fused_update_runs_the_optimizer_over_the_rest_only():
     """With fuse_update the update kernel's own pass covers the biases only (the weights took
     their step in backward's products); without it, every parameter; with clipping, which must
-    see every gradient first, or above batch 256 (note p), every parameter too."""
+    see every gradient first, or above FUSE_AUTO_MAX_BATCH (note p), every parameter too."""
     model = MLP([20, 30, 5], "relu", random_state=0)
     rng = np.random.default_rng(9)
     X = rng.standard_normal((300, 20)).astype(np.float32)
     y = rng.integers(0, 5, 300).astype(np.int32)
     seen = {}
-    for name, (batch, hyper) in {"fused": (256, {}), "unfused": (16, dict(fuse_update=False)),
+    auto = fastmlp.core.FUSE_AUTO_MAX_BATCH   # 256 on Intel, 0 elsewhere
+    for name, (batch, hyper) in {"fused": (16, dict(fuse_update=True)),
+                                 "unfused": (16, dict(fuse_update=False)),
                                  "clipped": (16, dict(clip_grad_norm=1.0)),
-                                 "large batch": (257, {})}.items():
+                                 "auto at the limit": (max(auto, 1), {}),
+                                 "large batch": (auto + 1, {})}.items():
         step = model.train_step("softmax_cross_entropy", batch, **hyper)
         with fastmlp.profile() as prof:
             step.run(X[:batch], y[:batch], lr=0.01)
         seen[name] = sum(r["n"] * r["calls"] for r in prof.records if r["kernel"] == "adam_update")
     assert seen["fused"] == step.n_params - step.n_weights == 35
     assert seen["unfused"] == seen["clipped"] == seen["large batch"] == step.n_params
+    assert seen["auto at the limit"] == (35 if auto else step.n_params)
     forced = model.train_step("softmax_cross_entropy", 257, fuse_update=True)
     with fastmlp.profile() as prof:
         forced.run(X[:257], y[:257], lr=0.01)

@@ -57,13 +57,31 @@ def test_direct_calls_counted_exactly():
         assert r["percent_of_peak"] == pytest.approx(100 * r["gflops"] / PEAK)
 
 
-def expected_train_step(n_in, n_hidden, n_out, batch, l2):
+def expected_train_step(n_in, n_hidden, n_out, batch, l2, fused=True):
     """{(kernel, act, grad_act, flags, m, n, k): (calls, flops)} of one Adam TrainStep.run of a
     n_in-n_hidden-n_out ReLU net with softmax cross-entropy (with an L2 penalty or not: the
-    same calls). Each weight matrix takes Adam's step inside the product of its gradient (an
-    update epilogue: the product's flops plus 14 a weight), the biases in adam_update."""
+    same calls, but for the unfused optimizer's passes). fused: each weight matrix takes Adam's step inside the product of its gradient
+    (an update epilogue: the product's flops plus 14 a weight), the biases in adam_update; else
+    adam_update steps them all."""
     M = batch
     n_biases = n_hidden + n_out
+    if not fused:
+        n_weights = n_in * n_hidden + n_hidden * n_out
+        # one pass over every parameter, or with L2 (the weights' only) a pass over the weights,
+        # then one over the biases (flat_params keeps each kind together)
+        passes = {("adam_update", None, None, (), 0, n, 0): (1, 14 * n)
+                  for n in ((n_weights, n_biases) if l2 else (n_weights + n_biases,))}
+        return passes | {
+            ("matmul", "relu", None, ("bias",), M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
+            ("matmul", None, None, ("bias",), M, n_out, n_hidden): (1, 2 * M * n_out * n_hidden),
+            ("softmax_cross_entropy", None, None, (), M, n_out, 0): (1, 4 * M * n_out),
+            ("bias_grad", None, None, (), M, n_out, 0): (1, M * n_out),
+            ("matmul", None, "relu", ("trans_b",), M, n_hidden, n_out):
+                (1, 2 * M * n_hidden * n_out),
+            ("matmul", None, None, ("trans_a",), n_hidden, n_out, M): (1, 2 * n_hidden * n_out * M),
+            ("bias_grad", None, None, (), M, n_hidden, 0): (1, M * n_hidden),
+            ("matmul", None, None, ("trans_a",), n_in, n_hidden, M): (1, 2 * n_in * n_hidden * M),
+        }
     return {
         # forward
         ("matmul", "relu", None, ("bias",), M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
@@ -83,11 +101,13 @@ def expected_train_step(n_in, n_hidden, n_out, batch, l2):
     }
 
 
-def check_train_step(prof, l2):
-    expected = expected_train_step(784, 32, 10, 64, l2)
+def check_train_step(prof, l2, fused=True):
+    expected = expected_train_step(784, 32, 10, 64, l2, fused)
     got = {key: (r["calls"], r["flops"]) for key, r in by_key(prof).items()}
     assert got == expected
     gemms = [r for r in prof.records if r["kernel"] == "matmul"]
+    if not fused:
+        return
     # 2 forward GEMMs, a dW per layer (with its weights' Adam step), a dX for the second only
     assert sum(r["calls"] for r in gemms) == 5
     assert sum(r["flops"] for r in gemms) == 2 * 64 * (2 * 784 * 32 + 3 * 32 * 10) + \
@@ -109,10 +129,12 @@ def test_train_step_counts_exact():
                                        randn(rng, 32, 10) * 0.1, np.zeros(10, np.float32)])
     X, y = mnist_like_batch(rng)
     for alpha in (0.0, 1e-4):
-        step = fastmlp.TrainStep(params, ["relu"], "softmax_cross_entropy", 64, alpha=alpha)
-        with fastmlp.profile(peak_gflops=PEAK) as prof:
-            step.run(X, y, lr=1e-3)
-        check_train_step(prof, l2=alpha > 0)
+        for fused in (True, False):
+            step = fastmlp.TrainStep(params, ["relu"], "softmax_cross_entropy", 64, alpha=alpha,
+                                     fuse_update=fused)
+            with fastmlp.profile(peak_gflops=PEAK) as prof:
+                step.run(X, y, lr=1e-3)
+            check_train_step(prof, l2=alpha > 0, fused=fused)
 
 
 def test_estimator_partial_fit_batch_counts_exact():
@@ -122,7 +144,8 @@ def test_estimator_partial_fit_batch_counts_exact():
     clf = fastmlp.MLPClassifier((32,), batch_size=64, random_state=0)
     with fastmlp.profile(peak_gflops=PEAK) as prof:
         clf.partial_fit(X, y, classes=np.arange(10))
-    check_train_step(prof, l2=clf.alpha > 0)
+    # the estimator's step fuses as fuse_update="auto" does on this CPU
+    check_train_step(prof, l2=clf.alpha > 0, fused=64 <= fastmlp.core.FUSE_AUTO_MAX_BATCH)
 
 
 def test_off_records_nothing():
