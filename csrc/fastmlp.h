@@ -285,7 +285,7 @@ void fm_adam_update(ptrdiff_t n, float *p, const float *g, float *m, float *v, l
 int fm_cpu_supports(int isa);          /* 1 if this CPU (and OS) can run the ISA path */
 int fm_set_isa(int isa);               /* FM_OK, or FM_EINVAL if unsupported: nothing changes */
 int fm_get_isa(void);
-int fm_cpu_vendor(void);             /* FM_VENDOR_*: OTHER off x86-64 */
+int fm_cpu_vendor(void);               /* FM_VENDOR_*: OTHER off x86-64 */
 /* Block sizes of an ISA's GEMM (MR, NR fixed at compile time; KC, MC, NC tunable). Both return
  * FM_EINVAL for an ISA this build does not have (and set_blocks for blocks out of range). */
 int fm_get_blocks(int isa, int *mr, int *nr, int *kc, int *mc, int *nc);

@@ -73,7 +73,8 @@ from .machine import info
 machine.configure()
 
 __all__ = [
-    "ACTIVATIONS", "FUSE_AUTO_MAX_BATCH", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS", "OPTIMIZERS",
+    "ACTIVATIONS", "FUSE_AUTO_MAX_BATCH", "GEMM_PATHS", "ISAS", "KERNELS", "LOSSES", "MAX_THREADS",
+    "OPTIMIZERS",
     "TrainStep", "local_num_threads", "activation_backward", "adam_update", "batchnorm_backward",
     "batchnorm_forward", "bias_activation", "bias_grad", "clip_grad_norm", "csr_arrays",
     "dropout_mask", "flat_buffer", "flat_params", "gemm_blocks", "get_isa", "get_num_threads",

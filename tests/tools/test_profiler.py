@@ -60,45 +60,37 @@ def test_direct_calls_counted_exactly():
 def expected_train_step(n_in, n_hidden, n_out, batch, l2, fused=True):
     """{(kernel, act, grad_act, flags, m, n, k): (calls, flops)} of one Adam TrainStep.run of a
     n_in-n_hidden-n_out ReLU net with softmax cross-entropy (with an L2 penalty or not: the
-    same calls, but for the unfused optimizer's passes). fused: each weight matrix takes Adam's step inside the product of its gradient
-    (an update epilogue: the product's flops plus 14 a weight), the biases in adam_update; else
-    adam_update steps them all."""
+    same calls, but for the unfused optimizer's passes). fused: each weight matrix takes Adam's
+    step inside the product of its gradient (an update epilogue: the product's flops plus 14 a
+    weight), the biases in adam_update; else adam_update steps them all."""
     M = batch
     n_biases = n_hidden + n_out
-    if not fused:
-        n_weights = n_in * n_hidden + n_hidden * n_out
-        # one pass over every parameter, or with L2 (the weights' only) a pass over the weights,
-        # then one over the biases (flat_params keeps each kind together)
-        passes = {("adam_update", None, None, (), 0, n, 0): (1, 14 * n)
-                  for n in ((n_weights, n_biases) if l2 else (n_weights + n_biases,))}
-        return passes | {
-            ("matmul", "relu", None, ("bias",), M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
-            ("matmul", None, None, ("bias",), M, n_out, n_hidden): (1, 2 * M * n_out * n_hidden),
-            ("softmax_cross_entropy", None, None, (), M, n_out, 0): (1, 4 * M * n_out),
-            ("bias_grad", None, None, (), M, n_out, 0): (1, M * n_out),
-            ("matmul", None, "relu", ("trans_b",), M, n_hidden, n_out):
-                (1, 2 * M * n_hidden * n_out),
-            ("matmul", None, None, ("trans_a",), n_hidden, n_out, M): (1, 2 * n_hidden * n_out * M),
-            ("bias_grad", None, None, (), M, n_hidden, 0): (1, M * n_hidden),
-            ("matmul", None, None, ("trans_a",), n_in, n_hidden, M): (1, 2 * n_in * n_hidden * M),
-        }
-    return {
+    dw_flags = ("trans_a", "update") if fused else ("trans_a",)
+    step_flops = 14 if fused else 0           # Adam's, per weight, inside the dW product
+    expected = {
         # forward
         ("matmul", "relu", None, ("bias",), M, n_hidden, n_in): (1, 2 * M * n_hidden * n_in),
         ("matmul", None, None, ("bias",), M, n_out, n_hidden): (1, 2 * M * n_out * n_hidden),
         ("softmax_cross_entropy", None, None, (), M, n_out, 0): (1, 4 * M * n_out),
-        # backward, output layer: db1, dH = (D W1^T) * relu'(H), then dW1 = H^T D with W1's step
+        # backward, output layer: db1, dH = (D W1^T) * relu'(H), then dW1 = H^T D (with W1's step)
         ("bias_grad", None, None, (), M, n_out, 0): (1, M * n_out),
         ("matmul", None, "relu", ("trans_b",), M, n_hidden, n_out): (1, 2 * M * n_hidden * n_out),
-        ("matmul", None, None, ("trans_a", "update"), n_hidden, n_out, M):
-            (1, 2 * n_hidden * n_out * M + 14 * n_hidden * n_out),
+        ("matmul", None, None, dw_flags, n_hidden, n_out, M):
+            (1, 2 * n_hidden * n_out * M + step_flops * n_hidden * n_out),
         # backward, first layer: no input gradient
         ("bias_grad", None, None, (), M, n_hidden, 0): (1, M * n_hidden),
-        ("matmul", None, None, ("trans_a", "update"), n_in, n_hidden, M):
-            (1, 2 * n_in * n_hidden * M + 14 * n_in * n_hidden),
-        # the rest of the update: the biases
-        ("adam_update", None, None, (), 0, n_biases, 0): (1, 14 * n_biases),
+        ("matmul", None, None, dw_flags, n_in, n_hidden, M):
+            (1, 2 * n_in * n_hidden * M + step_flops * n_in * n_hidden),
     }
+    # the rest of the update: fused, the biases; unfused, one pass over every parameter or, with
+    # L2 (the weights' only), one over the weights and one over the biases (flat_params keeps
+    # each kind together)
+    n_weights = n_in * n_hidden + n_hidden * n_out
+    passes = ((n_biases,) if fused else (n_weights, n_biases) if l2
+              else (n_weights + n_biases,))
+    for n in passes:
+        expected[("adam_update", None, None, (), 0, n, 0)] = (1, 14 * n)
+    return expected
 
 
 def check_train_step(prof, l2, fused=True):
