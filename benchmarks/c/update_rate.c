@@ -6,10 +6,11 @@
  *   gcc -O3 -fopenmp -fno-math-errno -ffp-contract=off -std=gnu11 -Icsrc
  *       benchmarks/c/update_rate.c csrc/dispatch.c csrc/pool.c csrc/isa_generic.c
  *       csrc/isa_avx2.c csrc/isa_avx512.c -lm -o /tmp/update_rate      (one line, x86-64)
- *   /tmp/update_rate [isa: 0 generic, 1 avx2, 2 avx512] [threads]
+ *   /tmp/update_rate [generic | avx2 | avx512 (default)] [threads]
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "fastmlp.h"
@@ -42,9 +43,11 @@ __attribute__((target("avx512f"))) static double divider_ns_per_vector(void)
 
 int main(int argc, char **argv)
 {
-    int isa = argc > 1 ? atoi(argv[1]) : FM_ISA_AVX512, threads = argc > 2 ? atoi(argv[2]) : 1;
-    if (fm_set_isa(isa) != FM_OK) {
-        fprintf(stderr, "isa %d not available\n", isa);
+    const char *name = argc > 1 ? argv[1] : "avx512";
+    int isa = 0, threads = argc > 2 ? atoi(argv[2]) : 1;
+    while (isa < FM_ISA_COUNT && strcmp(fm_isa_name(isa), name) != 0) isa++;
+    if (fm_set_isa(isa) != FM_OK) { /* FM_ISA_COUNT: no such name */
+        fprintf(stderr, "isa %s not available on this CPU or not known\n", name);
         return 1;
     }
     int vlen = isa == FM_ISA_AVX512 ? 16 : isa == FM_ISA_AVX2 ? 8 : 4;
