@@ -51,6 +51,15 @@ static void parallel_range(ptrdiff_t n, ptrdiff_t chunk, int nthreads, range_fn 
 /* Rows per task of an M x N elementwise kernel (note d). */
 static inline ptrdiff_t row_chunk(ptrdiff_t N) { return N >= TASK_ELEMS ? 1 : TASK_ELEMS / N; }
 
+/* VLEN-column blocks per task of a kernel that works down the columns of an M-row matrix (note
+ * d): at least a cache line (64 bytes) of every row, so that no two tasks share one. */
+static inline ptrdiff_t col_chunk(ptrdiff_t M)
+{
+    ptrdiff_t line = VLEN >= 16 ? 1 : 16 / VLEN;
+    ptrdiff_t per = M > 0 ? TASK_ELEMS / (M * VLEN) : line;
+    return per < line ? line : per;
+}
+
 /* ---- Activations ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -149,7 +158,7 @@ static void bias_grad(ptrdiff_t M, ptrdiff_t N, const float *dZ, float *db, int 
 {
     ptrdiff_t nblk = (N + VLEN - 1) / VLEN;
     if (nblk <= 0) return;
-    ptrdiff_t per = M > 0 ? TASK_ELEMS / (M * VLEN) : nblk; /* column blocks per task */
+    ptrdiff_t per = col_chunk(M);
     if (per < BIAS_GROUP) per = BIAS_GROUP;
     bias_grad_ctx c = {M, N, dZ, db};
     parallel_range(nblk, per, threads_for(M * N, nthreads), bias_grad_blocks, &c);

@@ -17,8 +17,10 @@
  *  4. Workers are started on first use, spin briefly after a call (a training step makes its
  *     calls tens of microseconds apart), then sleep on a condition variable. After fork() the
  *     child starts with no workers (they did not survive the fork) and makes new ones.
- * It complements OpenMP, which the remaining kernels still use: an OpenMP region ends in a
- * barrier that waits for every thread of the team, running or not. */
+ * Every kernel runs on it. OpenMP is left to the peak probe (fm_measure_peak_gflops), which
+ * needs all its threads running at once: an OpenMP region ends in a barrier that waits for every
+ * thread of the team, running or not, and libgomp's threads then spin for a while on the cores
+ * the next call needs. */
 #ifndef FASTMLP_POOL_H
 #define FASTMLP_POOL_H
 

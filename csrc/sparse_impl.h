@@ -1,6 +1,6 @@
 /* sparse_impl.h: the sparse first layer, CSR rows times a dense matrix (sparse_matmul) and its
  * weight gradient (sparse_matmul_tn). Compiled once per ISA by isa_*.c, after simd.h and
- * ops_impl.h (threads_for, vact_forward); contracts in fastmlp.h, "Sparse first layer".
+ * ops_impl.h (threads_for, parallel_range, vact_forward); contracts in fastmlp.h, "Sparse first layer".
  *
  * Design notes:
  *  a) Every element of C is one scalar chain: c = 0, then c = c + x * y over its terms in a fixed
@@ -9,16 +9,16 @@
  *     results are the same on every ISA and equal those of a plain float32 loop (the NumPy
  *     twin's). FMAs would buy little here: each term costs a load of a B (or C) vector picked by
  *     an index, and the loads, not the arithmetic, bound the loops.
- *  b) Forward: threads take chunks of C's rows (handed out dynamically: each row has one owner
- *     whatever the schedule, so a thread slowed by another process does not hold the others
- *     back). A row is computed SP_NV vectors of columns at a time, the accumulators in
+ *  b) Forward: tasks of SP_ROWS rows of C on the thread team (pool.h; handed out dynamically:
+ *     each row has one owner whatever the schedule, so a thread slowed by another process does
+ *     not hold the others back). A row is computed SP_NV vectors of columns at a time, the accumulators in
  *     registers, the row's entries read once per block: one load per vector and term. Wide
  *     blocks also fetch B's rows in few, long pieces, which is what counts once B is out of
  *     cache (a first layer's K x N weights often are).
  *  c) Backward (C = A^T D): C's row k gathers the entries with index k from every row of the
- *     batch, so splitting the batch would make threads share C's rows. Instead the threads split
- *     N's columns: each owns a strip of every row of C, zeroes it and adds its terms in (r, p)
- *     order; nothing is shared, nothing reduced. Each entry updates its whole strip of C's row
+ *     batch, so splitting the batch would make threads share C's rows. Instead the tasks (one
+ *     a thread) split N's columns: each owns a strip of every row of C, zeroes it and adds its
+ *     terms in (r, p) order; nothing is shared, nothing reduced. Each entry updates its whole strip of C's row
  *     (D's row stays in L1): a row of C out of cache is then fetched once per entry, not once
  *     per block of columns. Zeroing C costs O(K N) whatever the batch: with many features it
  *     is a large part of the call.
@@ -27,7 +27,7 @@
  */
 
 #define SP_NV 8    /* vectors of columns per register block: 8 accumulators of 16 registers */
-#define SP_ROWS 16 /* rows of C per chunk handed to a thread (forward) */
+#define SP_ROWS 16 /* rows of C per task (forward) */
 
 /* Rule 7 for the rows used: indptr[i] <= indptr[i + 1] and every index in [0, K) (the caller
  * guarantees that indptr[i] and indptr[i + 1] lie within the arrays). FM_OK or FM_EINVAL;
@@ -102,9 +102,10 @@ sparse_fwd_block(const sparse_fwd_args *g, int nv, int n, const int32_t *idx, co
     }
 }
 
-/* Rows [r0, r1) of C. */
-static void sparse_fwd_rows(const sparse_fwd_args *g, ptrdiff_t r0, ptrdiff_t r1)
+/* Rows [r0, r1) of C (a range_fn: ctx is the sparse_fwd_args). */
+static void sparse_fwd_rows(void *ctx, ptrdiff_t r0, ptrdiff_t r1)
 {
+    const sparse_fwd_args *g = ctx;
     const ptrdiff_t N = g->N, W = SP_NV * VLEN;
     for (ptrdiff_t r = r0; r < r1; r++) {
         ptrdiff_t i = g->rows ? g->rows[r] : r;
@@ -137,18 +138,9 @@ static int sparse_matmul(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t *i
     sparse_fwd_args g = {N, indptr, indices, data, rows, B, ldb, C, ldc,
                          ep ? ep->bias : NULL, ep ? ep->act : FM_ACT_IDENTITY,
                          ep ? ep->slope : 0.0f};
-    ptrdiff_t chunks = (M + SP_ROWS - 1) / SP_ROWS;
-    int nt = threads_for((ptrdiff_t)(nnz + M) * N, nthreads);
-    if (nt > chunks) nt = (int)chunks;
-    if (nt == 1) { /* no OpenMP region: even one thread's ends in a barrier (gemm_driver.h) */
-        sparse_fwd_rows(&g, 0, M);
-        return FM_OK;
-    }
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (ptrdiff_t q = 0; q < chunks; q++) {
-        ptrdiff_t r1 = (q + 1) * SP_ROWS;
-        sparse_fwd_rows(&g, q * SP_ROWS, r1 < M ? r1 : M);
-    }
+    /* tasks of SP_ROWS rows on the team (ops_impl.h note d) */
+    parallel_range(M, SP_ROWS, threads_for((ptrdiff_t)(nnz + M) * N, nthreads), sparse_fwd_rows,
+                   &g);
     return FM_OK;
 }
 
@@ -166,11 +158,13 @@ typedef struct {
     ptrdiff_t ldc;
 } sparse_tn_args;
 
-/* Columns [j0, j1) of every row of C (j0 a multiple of VLEN; j1 one too, or N): zeroed, then
+/* The VLEN-column blocks [b0, b1) of every row of C (the last one may be partial): zeroed, then
  * for r ascending and p in storage order c[indices[p]] += data[p] * D[r]; each entry updates
- * the whole strip at once (note c). */
-static void sparse_tn_columns(const sparse_tn_args *g, ptrdiff_t j0, ptrdiff_t j1)
+ * the whole strip at once (note c). A range_fn: ctx is the sparse_tn_args. */
+static void sparse_tn_columns(void *ctx, ptrdiff_t b0, ptrdiff_t b1)
 {
+    const sparse_tn_args *g = ctx;
+    const ptrdiff_t j0 = b0 * VLEN, j1 = b1 * VLEN < g->N ? b1 * VLEN : g->N;
     /* locals: C's stores could alias *g, whose fields would then be reloaded after each one */
     const ptrdiff_t M = g->M, K = g->K, ldd = g->ldd, ldc = g->ldc;
     const int64_t *indptr = g->indptr;
@@ -213,17 +207,8 @@ static int sparse_matmul_tn(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const int64_t
     ptrdiff_t nvec = (N + VLEN - 1) / VLEN;
     /* the work: C zeroed (K N) and one vector of terms per entry (nnz N) */
     int nt = threads_for((ptrdiff_t)(nnz + K) * N, nthreads);
-    if (nt > nvec) nt = (int)nvec;
-    if (nt == 1) {
-        sparse_tn_columns(&g, 0, N);
-        return FM_OK;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        /* equal shares of whole vectors; which thread owns a column changes no bit (note a) */
-        ptrdiff_t t = omp_get_thread_num(), n_t = omp_get_num_threads();
-        ptrdiff_t j1 = nvec * (t + 1) / n_t * VLEN;
-        sparse_tn_columns(&g, nvec * t / n_t * VLEN, j1 < N ? j1 : N);
-    }
+    /* one task a thread, of whole vectors (each task reads all of A and D: more would read them
+     * again); which task holds a column changes no bit (note a) */
+    parallel_range(nvec, (nvec + nt - 1) / nt, nt, sparse_tn_columns, &g);
     return FM_OK;
 }
