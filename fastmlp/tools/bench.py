@@ -19,7 +19,7 @@ from .. import core
 from .._version import __version__
 from ..core import info
 from ..core import reference as ref
-from .profiler import profile
+from .profiler import best_peak, profile
 
 # An MLP the size people train on MNIST, at the batch size of `fastmlp train`.
 LAYERS = (784, 512, 256, 10)
@@ -134,12 +134,6 @@ def spread(values):
     """{"median", "min", "max"} of a list of timings (or rates)."""
     v = sorted(float(x) for x in values)
     return {"median": float(np.median(v)), "min": v[0], "max": v[-1]}
-
-
-def best_peak(n_threads=None, seconds=0.2, tries=3):
-    """The FMA peak as the best of `tries` measurements: a busy moment only lowers one, so the
-    best is the closest to the machine's peak and no kernel should then exceed 100% of it."""
-    return max(core.measure_peak_gflops(seconds, n_threads) for _ in range(tries))
 
 
 def busy_warning(peaks):
