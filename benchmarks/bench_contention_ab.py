@@ -3,10 +3,11 @@
     python benchmarks/bench_contention_ab.py BATCH THREADS REPEATS [--data DIR]
         [--normalization layer|batch]
 
-784-512-256-10 ReLU (with LayerNorm or BatchNorm after each hidden layer if asked), Adam, 3 epochs of the first 8,000 MNIST test images; prints the median and
-min-max over REPEATS fits and which fastmlp it imported (its folder), so that two builds can be
-compared side by side with PYTHONPATH (benchmarks/results/pool_contention.md: the commands, and a
-spinning process for the busy machine).
+784-512-256-10 ReLU (with LayerNorm or BatchNorm after each hidden layer if asked), Adam, 3
+epochs of the first 8,000 MNIST test images; prints the median and min-max over REPEATS fits and
+which fastmlp it imported (its folder), so that two builds can be compared side by side with
+PYTHONPATH (benchmarks/results/pool_contention.md: the commands, and a spinning process for the
+busy machine).
 """
 import argparse
 import os
@@ -44,8 +45,8 @@ def main():
     rates.sort()
     where = os.path.dirname(os.path.dirname(os.path.abspath(fastmlp.__file__)))
     norm = f" {args.normalization}norm" if args.normalization else ""
-    print(f"{where}:{norm} batch {args.batch} threads {args.threads}: {rates[len(rates) // 2]:,.0f} "
-          f"samples/s ({rates[0]:,.0f}-{rates[-1]:,.0f})")
+    print(f"{where}:{norm} batch {args.batch} threads {args.threads}: "
+          f"{rates[len(rates) // 2]:,.0f} samples/s ({rates[0]:,.0f}-{rates[-1]:,.0f})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 /* sparse_impl.h: the sparse first layer, CSR rows times a dense matrix (sparse_matmul) and its
  * weight gradient (sparse_matmul_tn). Compiled once per ISA by isa_*.c, after simd.h and
- * ops_impl.h (threads_for, parallel_range, vact_forward); contracts in fastmlp.h, "Sparse first layer".
+ * ops_impl.h (threads_for, parallel_range, vact_forward); contracts in fastmlp.h, "Sparse first
+ * layer".
  *
  * Design notes:
  *  a) Every element of C is one scalar chain: c = 0, then c = c + x * y over its terms in a fixed
@@ -11,17 +12,17 @@
  *     an index, and the loads, not the arithmetic, bound the loops.
  *  b) Forward: tasks of SP_ROWS rows of C on the thread team (pool.h; handed out dynamically:
  *     each row has one owner whatever the schedule, so a thread slowed by another process does
- *     not hold the others back). A row is computed SP_NV vectors of columns at a time, the accumulators in
- *     registers, the row's entries read once per block: one load per vector and term. Wide
- *     blocks also fetch B's rows in few, long pieces, which is what counts once B is out of
- *     cache (a first layer's K x N weights often are).
+ *     not hold the others back). A row is computed SP_NV vectors of columns at a time, the
+ *     accumulators in registers, the row's entries read once per block: one load per vector
+ *     and term. Wide blocks also fetch B's rows in few, long pieces, which is what counts once
+ *     B is out of cache (a first layer's K x N weights often are).
  *  c) Backward (C = A^T D): C's row k gathers the entries with index k from every row of the
- *     batch, so splitting the batch would make threads share C's rows. Instead the tasks (one
- *     a thread) split N's columns: each owns a strip of every row of C, zeroes it and adds its
- *     terms in (r, p) order; nothing is shared, nothing reduced. Each entry updates its whole strip of C's row
- *     (D's row stays in L1): a row of C out of cache is then fetched once per entry, not once
- *     per block of columns. Zeroing C costs O(K N) whatever the batch: with many features it
- *     is a large part of the call.
+ *     batch, so splitting the batch would make threads share C's rows. Instead the tasks (one a
+ *     thread) split N's columns: each owns a strip of every row of C, zeroes it and adds its
+ *     terms in (r, p) order; nothing is shared, nothing reduced. Each entry updates its whole
+ *     strip of C's row (D's row stays in L1): a row of C out of cache is then fetched once per
+ *     entry, not once per block of columns. Zeroing C costs O(K N) whatever the batch: with many
+ *     features it is a large part of the call.
  *  d) Validation (rule 7) reads the entries of the rows used once, before anything is written;
  *     it also counts them, which sizes the thread team.
  */
