@@ -14,15 +14,15 @@
  *     tasks take rows (a row's mean and variance are VLEN-lane vector sums in index order, then
  *     vsum_tree, a fixed pairwise tree), BatchNorm's take blocks of VLEN columns (each column
  *     summed in row order, one lane per column). LayerNorm's dgamma and dbeta are column sums, so
- *     its backward runs as two calls on the team: column blocks for them, then rows for dH. The
- *     tasks run on the thread team (pool.h, ops_impl.h note d), as every other kernel of a
- *     training step: an OpenMP region here would leave libgomp's threads spinning on the cores
- *     the team's next call needs.
+ *     its backward makes two calls: column blocks for them, then rows for dH. The tasks run on
+ *     the thread team (pool.h, ops_impl.h note d), as every other kernel of a training step: an
+ *     OpenMP region here would leave libgomp's threads spinning on the cores the team's next
+ *     call needs.
  *  c) Determinism (rule 4): every output element, statistic and parameter gradient is computed by
- *     one task in an order fixed by M, N and VLEN, whichever thread runs it. So the
- *     bits do not depend on the thread count; they depend on the ISA through VLEN only in
- *     LayerNorm's row sums and clip_grad_norm's lanes (BatchNorm's column sums are those of a
- *     plain scalar loop on every ISA).
+ *     one task in an order fixed by M, N and VLEN, whichever thread runs it. So the bits do not
+ *     depend on the thread count; they depend on the ISA through VLEN only in LayerNorm's row
+ *     sums and clip_grad_norm's lanes (BatchNorm's column sums are those of a plain scalar loop
+ *     on every ISA).
  *  d) No scratch and no pre-activation buffer: the backward kernels recompute Hn = (H - mean)
  *     rstd and, for gelu, z = gamma Hn + beta, with the same operations as the forward (a
  *     multiply and an add, never an FMA, so the recomputed z is the forward's bit for bit).
